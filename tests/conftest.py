@@ -1,0 +1,47 @@
+"""Shared fixtures: run device code on the real MicroPython VM at a board's heap."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ioconnect_host.vm import DEFAULT_HEAP, run_script
+
+RunDevice = Callable[..., list[Any]]
+
+
+def run_device(
+    code: str,
+    cases: Any = None,
+    *,
+    heap: str = DEFAULT_HEAP,
+    fs_dir: Path | None = None,
+) -> list[Any]:
+    """Run ``code`` on MicroPython; return every stdout line parsed as JSON.
+
+    ``cases`` (any JSON value) is written to ``cases.json`` in the device
+    filesystem, so one VM process can run a whole batch of cases.
+    """
+    with tempfile.TemporaryDirectory(prefix="mpfs-") as tmp:
+        root = fs_dir or Path(tmp)
+        if cases is not None:
+            (root / "cases.json").write_text(json.dumps(cases))
+        out = run_script(code, fs_dir=root, heap=heap)
+    results = []
+    for line in out.splitlines():
+        try:
+            results.append(json.loads(line))
+        except ValueError:
+            raise AssertionError(f"device printed a non-JSON line: {line!r}\nfull output:\n{out}")
+    return results
+
+
+@pytest.fixture
+def device() -> RunDevice:
+    """``device(code, cases=None, heap="96K", fs_dir=None) -> list`` of JSON lines."""
+    return run_device
