@@ -20,8 +20,8 @@ __all__ = (
 )
 
 
-class ECDSAError(ECError):
-    pass
+# One error type for every curve fault, whichever layer finds it.
+ECDSAError = ECError
 
 
 def curve_by_name(name):
