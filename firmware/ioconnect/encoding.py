@@ -1,0 +1,197 @@
+# Text encodings used by identities: hex, base64url (JWK), base58btc (did:key
+# multibase "z"), bech32 (IoTeX io1... addresses, BIP-173).
+# Strict decoders: anything non-canonical is an EncodingError, so two
+# spellings never map to the same key.
+import binascii
+
+from micropython import const
+
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+# BIP-173 generator; each fits in 30 bits, so the checksum stays a small int
+# on 32-bit boards.
+_GEN = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
+_BECH32_MAX = const(90)
+
+
+class EncodingError(ValueError):
+    pass
+
+
+def to_hex(data):
+    """Lowercase hex without prefix."""
+    return binascii.hexlify(data).decode()
+
+
+def from_hex(text):
+    """Hex (either case, optional 0x prefix) to bytes."""
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode()
+    if text[:2] in ("0x", "0X"):
+        text = text[2:]
+    if len(text) % 2:
+        raise EncodingError("hex: odd number of digits")
+    try:
+        return binascii.unhexlify(text)
+    except ValueError:
+        raise EncodingError("hex: non-hex digit")
+
+
+def b64url_encode(data):
+    """base64url without padding (RFC 7515 section 2), as str."""
+    s = binascii.b2a_base64(data, newline=False).decode()
+    return s.replace("+", "-").replace("/", "_").rstrip("=")
+
+
+def b64url_decode(text):
+    """Inverse of b64url_encode; rejects padding, other alphabets, stray bits."""
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode()
+    if len(text) % 4 == 1:
+        raise EncodingError("base64url: impossible length %d" % len(text))
+    for c in text:
+        if c not in _B64URL:
+            raise EncodingError("base64url: bad character %r" % c)
+    std = text.replace("-", "+").replace("_", "/")
+    data = binascii.a2b_base64(std + "=" * (-len(text) % 4))
+    # Unused low bits of the last character must be zero (canonical form).
+    if b64url_encode(data) != text:
+        raise EncodingError("base64url: non-canonical trailing bits")
+    return data
+
+
+def b58encode(data):
+    """base58btc (Bitcoin alphabet); leading zero bytes become '1'."""
+    zeros = 0
+    while zeros < len(data) and data[zeros] == 0:
+        zeros += 1
+    # Little-endian base-58 digits; schoolbook conversion keeps every
+    # intermediate value small (no bigints on 32-bit boards).
+    digits = bytearray()
+    for i in range(zeros, len(data)):
+        carry = data[i]
+        for j in range(len(digits)):
+            carry += digits[j] << 8
+            digits[j] = carry % 58
+            carry //= 58
+        while carry:
+            digits.append(carry % 58)
+            carry //= 58
+    out = ["1"] * zeros
+    for j in range(len(digits) - 1, -1, -1):
+        out.append(_B58[digits[j]])
+    return "".join(out)
+
+
+def b58decode(text):
+    """Inverse of b58encode."""
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode()
+    zeros = 0
+    while zeros < len(text) and text[zeros] == "1":
+        zeros += 1
+    out = bytearray()  # little-endian base-256 digits
+    for i in range(zeros, len(text)):
+        carry = _B58.find(text[i])
+        if carry < 0:
+            raise EncodingError("base58: bad character %r" % text[i])
+        for j in range(len(out)):
+            carry += out[j] * 58
+            out[j] = carry & 0xFF
+            carry >>= 8
+        while carry:
+            out.append(carry & 0xFF)
+            carry >>= 8
+    res = bytearray(zeros + len(out))
+    n = len(res)
+    for j in range(len(out)):
+        res[n - 1 - j] = out[j]
+    return bytes(res)
+
+
+def convertbits(data, frombits, tobits, pad=True):
+    """Regroup bit strings (8->5 for bech32 and back)."""
+    acc = 0
+    bits = 0
+    out = bytearray()
+    maxv = (1 << tobits) - 1
+    for v in data:
+        if v >> frombits:
+            raise EncodingError("convertbits: value out of range")
+        acc = ((acc << frombits) | v) & 0xFFF  # only the pending bits matter
+        bits += frombits
+        while bits >= tobits:
+            bits -= tobits
+            out.append((acc >> bits) & maxv)
+    if pad:
+        if bits:
+            out.append((acc << (tobits - bits)) & maxv)
+    elif bits >= frombits or ((acc << (tobits - bits)) & maxv):
+        raise EncodingError("convertbits: non-zero padding")
+    return bytes(out)
+
+
+def _polymod(values, chk=1):
+    for v in values:
+        top = chk >> 25
+        chk = ((chk & 0x1FFFFFF) << 5) ^ v
+        for i in range(5):
+            if (top >> i) & 1:
+                chk ^= _GEN[i]
+    return chk
+
+
+def _hrp_expand(hrp):
+    return bytes([ord(c) >> 5 for c in hrp]) + b"\x00" + bytes([ord(c) & 31 for c in hrp])
+
+
+def bech32_encode(hrp, data5):
+    """BIP-173 bech32 of 5-bit groups ``data5`` under human-readable ``hrp``."""
+    hrp = hrp.lower()
+    chk = _polymod(b"\x00" * 6, _polymod(data5, _polymod(_hrp_expand(hrp)))) ^ 1
+    out = [hrp, "1"]
+    for v in data5:
+        out.append(_BECH32[v])
+    for i in range(6):
+        out.append(_BECH32[(chk >> (5 * (5 - i))) & 31])
+    s = "".join(out)
+    if len(s) > _BECH32_MAX:
+        raise EncodingError("bech32: longer than 90 characters")
+    return s
+
+
+def bech32_decode(text):
+    """Inverse of bech32_encode -> (hrp, data5); rejects mixed case, bad checksum."""
+    if text.lower() != text and text.upper() != text:
+        raise EncodingError("bech32: mixed case")
+    text = text.lower()
+    pos = text.rfind("1")
+    if pos < 1 or pos + 7 > len(text) or len(text) > _BECH32_MAX:
+        raise EncodingError("bech32: bad separator position or length")
+    hrp = text[:pos]
+    for c in hrp:
+        if not 33 <= ord(c) <= 126:
+            raise EncodingError("bech32: bad character in prefix")
+    data = bytearray()
+    for c in text[pos + 1 :]:
+        v = _BECH32.find(c)
+        if v < 0:
+            raise EncodingError("bech32: bad character %r" % c)
+        data.append(v)
+    if _polymod(data, _polymod(_hrp_expand(hrp))) != 1:
+        raise EncodingError("bech32: checksum mismatch")
+    return hrp, bytes(data[:-6])
+
+
+def bech32_address(hrp, payload):
+    """Address form: ``payload`` bytes regrouped 8->5 then bech32 (io1... for IoTeX)."""
+    return bech32_encode(hrp, convertbits(payload, 8, 5))
+
+
+def bech32_address_decode(hrp, text):
+    """Payload bytes of a bech32 address, checking the expected ``hrp``."""
+    got, data5 = bech32_decode(text)
+    if got != hrp:
+        raise EncodingError("bech32: prefix %r, expected %r" % (got, hrp))
+    return convertbits(data5, 5, 8, False)
