@@ -1,0 +1,354 @@
+"""The virtual board: a MicroPython VM behind a pseudo-terminal.
+
+The VM runs ``console.py`` (friendly REPL, raw REPL, raw-paste) over plain
+pipes, so nothing is echoed or translated by a tty line discipline. This
+supervisor sits between the pty and the VM and does what a board's USB stack
+and reset circuit do:
+
+- a Ctrl-C byte from the host becomes SIGINT, raised in the VM as
+  KeyboardInterrupt wherever it is;
+- bare ``\\n`` in the VM's output becomes ``\\r\\n``, as a board's stdout does;
+- soft reset, ``machine.reset()``, a crash or a power cut end the VM process;
+  a new one boots from the same flash folder, with the reset cause set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import selectors
+import signal
+import subprocess
+import threading
+import time
+import tty
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ioconnect_host.vm import micropython_command
+
+__all__ = ["RESET_CAUSES", "SimConfig", "VirtualBoard", "vm_dir"]
+
+# Exit codes of console.py / the machine shim, and what each means.
+_EXIT_SOFT_FRIENDLY = 10
+_EXIT_SOFT_RAW = 11
+_EXIT_HARD_RESET = 12
+_EXIT_DEEPSLEEP = 13
+
+#: machine.*_RESET values as on the ports (esp32/rp2 agree on these names).
+RESET_CAUSES = {"power_on": 1, "hard": 2, "wdt": 3, "deepsleep": 4, "soft": 5}
+
+_CTL_PREFIX = b"\x1b[ioc "
+_OUT_LIMIT = 1 << 16  # bytes kept for a host that is not reading
+
+
+def vm_dir() -> Path:
+    """Folder with console.py and the hardware shims (kept off the virtual flash)."""
+    return Path(__file__).resolve().parent / "vm"
+
+
+@dataclass
+class SimConfig:
+    """Everything one virtual board needs; written as JSON for the VM to read."""
+
+    name: str
+    board: dict[str, object]
+    state_dir: Path
+    heap: str
+    seed: int = 0
+    preload: list[str] = field(default_factory=list)
+
+    @property
+    def flash_dir(self) -> Path:
+        return self.state_dir / "flash"
+
+
+class VirtualBoard:
+    """One virtual board: start() it, give ``port`` to any serial tool, stop() it."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.port = ""
+        self.boots = 0
+        self.last_exit: int | None = None
+        self._master = -1
+        self._slave = -1
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sel = selectors.DefaultSelector()
+        self._to_vm = bytearray()
+        self._to_host = bytearray()
+        self._stderr_buf = bytearray()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        self._pending_boot: tuple[bool, str] | None = None
+        self._log = None
+        self._cr = False
+        self._ready = False  # the console in the current VM is running
+        self._interrupts = 0  # Ctrl-C presses waiting for the console
+        self._deepsleep_ms = 0
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> str:
+        """Create the serial port, power the board on, and relay in a thread."""
+        cfg = self.config
+        cfg.flash_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(cfg.state_dir / "console.log", "ab")  # noqa: SIM115 - lives with the board
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # no echo, no newline translation, no signals
+        os.set_blocking(self._master, False)
+        self.port = os.ttyname(self._slave)
+        self._write_sim_json()
+        self._sel.register(self._master, selectors.EVENT_READ, "host")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._boot(raw=False, cause="power_on")
+        self._thread = threading.Thread(target=self._run, name=f"sim-{cfg.name}", daemon=True)
+        self._thread.start()
+        return self.port
+
+    def stop(self) -> None:
+        """Power off and close the port."""
+        self._stop.set()
+        self._wake()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self._kill()
+        for fd in (self._master, self._slave, self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self._log:
+            self._log.close()
+
+    def wait(self) -> None:
+        """Block until stop() is called (the foreground mode of ``sim start``)."""
+        self._stop.wait()
+
+    def power_cut(self) -> None:
+        """Kill the VM where it stands, then boot again from the same flash."""
+        with self._lock:
+            self._pending_boot = (False, "power_on")
+            if self._proc:
+                self._proc.kill()
+        self._wake()
+
+    def __enter__(self) -> VirtualBoard:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- VM process --------------------------------------------------------
+    def _write_sim_json(self) -> None:
+        cfg = self.config
+        data = {
+            "name": cfg.name,
+            "board": cfg.board,
+            "seed": cfg.seed,
+            "preload": cfg.preload,
+            "state_dir": str(cfg.state_dir),
+            "build_date": "2026-07-05",
+        }
+        tmp = cfg.state_dir / "sim.json.tmp"
+        tmp.write_text(json.dumps(data))
+        tmp.replace(cfg.state_dir / "sim.json")
+
+    def _boot(self, raw: bool, cause: str) -> None:
+        cfg = self.config
+        soft = cause == "soft"
+        code = f"import console; console.start({str(cfg.flash_dir)!r}, {raw}, {soft})"
+        env = dict(
+            os.environ,
+            MICROPYPATH=str(vm_dir()),
+            IOCONNECT_SIM=str(cfg.state_dir / "sim.json"),
+            IOCONNECT_RESET_CAUSE=str(RESET_CAUSES[cause]),
+        )
+        self._proc = subprocess.Popen(
+            [*micropython_command(cfg.heap), "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cfg.state_dir,
+            env=env,
+            start_new_session=True,  # a Ctrl-C in the user's terminal is not the board's
+        )
+        assert self._proc.stdin and self._proc.stdout and self._proc.stderr
+        for stream, what in ((self._proc.stdout, "out"), (self._proc.stderr, "err")):
+            os.set_blocking(stream.fileno(), False)
+            self._sel.register(stream.fileno(), selectors.EVENT_READ, what)
+        os.set_blocking(self._proc.stdin.fileno(), False)
+        self._ready = False
+        self.boots += 1
+
+    def _kill(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+        self._reap()
+
+    def _reap(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        assert proc.stdout and proc.stderr and proc.stdin
+        for stream in (proc.stdout, proc.stderr):
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(stream.fileno())
+        # Output already written by the VM still reaches the host, as a UART drains.
+        with contextlib.suppress(OSError, ValueError):
+            self._host_out(proc.stdout.read() or b"")
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            with contextlib.suppress(OSError):
+                stream.close()
+        self._proc = None
+
+    # -- relay loop --------------------------------------------------------
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._flush()
+            for key, _ in self._sel.select(timeout=0.5):
+                what = key.data
+                if what == "wake":
+                    os.read(self._wake_r, 512)
+                elif what == "host":
+                    self._from_host()
+                elif what == "out":
+                    self._from_vm()
+                elif what == "err":
+                    self._from_vm_err()
+            self._check_vm()
+
+    def _from_host(self) -> None:
+        try:
+            data = os.read(self._master, 4096)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EIO):  # EIO: no client has the port open
+                time.sleep(0.01)
+                return
+            raise
+        parts = data.split(b"\x03")
+        for i, part in enumerate(parts):
+            self._to_vm += part
+            if i < len(parts) - 1:
+                # A Ctrl-C interrupts after the bytes sent before it are delivered.
+                self._flush()
+                self._interrupts += 1
+        self._deliver_interrupts()
+
+    def _deliver_interrupts(self) -> None:
+        # Until the console is up, SIGINT would hit the launcher, not the VM: hold it.
+        if self._interrupts and self._ready and self._proc:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGINT)
+            self._interrupts = 0
+
+    def _from_vm(self) -> None:
+        proc = self._proc
+        if proc is None or proc.stdout is None:
+            return
+        try:
+            data = os.read(proc.stdout.fileno(), 4096)
+        except BlockingIOError:
+            return
+        self._host_out(data)
+
+    def _host_out(self, data: bytes) -> None:
+        # Cook newlines like a board's stdout: a bare LF becomes CR LF.
+        out = bytearray()
+        prev_cr = self._cr
+        for b in data:
+            if b == 10 and not prev_cr:
+                out += b"\r"
+            out.append(b)
+            prev_cr = b == 13
+        self._cr = prev_cr
+        if self._log:
+            self._log.write(out)
+            self._log.flush()
+        self._to_host += out
+        if len(self._to_host) > _OUT_LIMIT:  # nobody is reading: drop the oldest, as a UART would
+            del self._to_host[: len(self._to_host) - _OUT_LIMIT]
+
+    def _from_vm_err(self) -> None:
+        proc = self._proc
+        if proc is None or proc.stderr is None:
+            return
+        try:
+            data = os.read(proc.stderr.fileno(), 4096)
+        except BlockingIOError:
+            return
+        self._stderr_buf += data
+        while b"\n" in self._stderr_buf:
+            line, _, rest = bytes(self._stderr_buf).partition(b"\n")
+            self._stderr_buf = bytearray(rest)
+            if line.startswith(_CTL_PREFIX):
+                self._control(line[len(_CTL_PREFIX) :].decode())
+            elif self._log:
+                self._log.write(b"[vm stderr] " + line + b"\n")
+
+    def _control(self, msg: str) -> None:
+        if msg == "up":
+            self._ready = True
+            self._deliver_interrupts()
+        elif msg.startswith("deepsleep "):
+            self._deepsleep_ms = int(msg.split()[1])
+
+    def _flush(self) -> None:
+        proc = self._proc
+        if self._to_vm and proc and proc.stdin:
+            try:
+                n = os.write(proc.stdin.fileno(), self._to_vm)
+                del self._to_vm[:n]
+            except (BlockingIOError, BrokenPipeError):
+                pass
+        if self._to_host:
+            try:
+                n = os.write(self._master, self._to_host)
+                del self._to_host[:n]
+            except BlockingIOError:
+                pass
+
+    def _check_vm(self) -> None:
+        with self._lock:
+            proc = self._proc
+            if proc is None or proc.poll() is None:
+                return
+            code = proc.returncode
+            self.last_exit = code
+            self._reap()
+            pending, self._pending_boot = self._pending_boot, None
+        if self._stop.is_set():
+            return
+        raw, cause = self._next_boot(code, pending)
+        self._boot(raw=raw, cause=cause)
+
+    def _next_boot(self, code: int, pending: tuple[bool, str] | None) -> tuple[bool, str]:
+        if pending is not None:
+            return pending
+        if code == _EXIT_SOFT_FRIENDLY:
+            return False, "soft"
+        if code == _EXIT_SOFT_RAW:
+            return True, "soft"
+        if code == _EXIT_DEEPSLEEP:
+            time.sleep(self._deepsleep_ms / 1000)
+            return False, "deepsleep"
+        if code != _EXIT_HARD_RESET:
+            # The VM died (console bug, killed): reboot like a watchdog, but not in a tight loop.
+            if self._log:
+                self._log.write(f"[sim] VM exited with status {code}; rebooting\n".encode())
+            time.sleep(0.5)
+        return False, "hard"
+
+
+Mode = Literal["friendly", "raw"]
