@@ -43,6 +43,7 @@ RESET_CAUSES = {"power_on": 1, "hard": 2, "wdt": 3, "deepsleep": 4, "soft": 5}
 
 _CTL_PREFIX = b"\x1b[ioc "
 _OUT_LIMIT = 1 << 16  # bytes kept for a host that is not reading
+_FAULTS_SIZE = 1024
 
 
 def vm_dir() -> Path:
@@ -91,6 +92,9 @@ class VirtualBoard:
         self._ready = False  # the console in the current VM is running
         self._interrupts = 0  # Ctrl-C presses waiting for the console
         self._deepsleep_ms = 0
+        self._wdt_timeout_s = 0.0
+        self._wdt_deadline = 0.0
+        self._faults: dict[str, object] = {}
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> str:
@@ -129,10 +133,7 @@ class VirtualBoard:
 
     def power_cut(self) -> None:
         """Kill the VM where it stands, then boot again from the same flash."""
-        with self._lock:
-            self._pending_boot = (False, "power_on")
-            if self._proc:
-                self._proc.kill()
+        self._restart(False, "power_on")
         self._wake()
 
     def __enter__(self) -> VirtualBoard:
@@ -151,8 +152,10 @@ class VirtualBoard:
             "seed": cfg.seed,
             "preload": cfg.preload,
             "state_dir": str(cfg.state_dir),
+            "faults_path": str(cfg.state_dir / "faults.json"),
             "build_date": "2026-07-05",
         }
+        (cfg.state_dir / "faults.json").write_bytes(json.dumps(self._faults).encode().ljust(_FAULTS_SIZE))
         tmp = cfg.state_dir / "sim.json.tmp"
         tmp.write_text(json.dumps(data))
         tmp.replace(cfg.state_dir / "sim.json")
@@ -182,6 +185,7 @@ class VirtualBoard:
             self._sel.register(stream.fileno(), selectors.EVENT_READ, what)
         os.set_blocking(self._proc.stdin.fileno(), False)
         self._ready = False
+        self._wdt_timeout_s = 0.0  # a reset stops the watchdog, as on the chips
         self.boots += 1
 
     def _kill(self) -> None:
@@ -217,7 +221,7 @@ class VirtualBoard:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._flush()
-            for key, _ in self._sel.select(timeout=0.5):
+            for key, _ in self._sel.select(timeout=0.2):
                 what = key.data
                 if what == "wake":
                     os.read(self._wake_r, 512)
@@ -227,7 +231,13 @@ class VirtualBoard:
                     self._from_vm()
                 elif what == "err":
                     self._from_vm_err()
+            self._check_wdt()
             self._check_vm()
+
+    def _check_wdt(self) -> None:
+        if self._wdt_timeout_s and time.monotonic() > self._wdt_deadline:
+            self._wdt_timeout_s = 0.0
+            self._restart(False, "wdt")
 
     def _from_host(self) -> None:
         try:
@@ -298,11 +308,45 @@ class VirtualBoard:
                 self._log.write(b"[vm stderr] " + line + b"\n")
 
     def _control(self, msg: str) -> None:
-        if msg == "up":
+        # Lines from the VM's shims (see vm/_simboard.py ctl()).
+        word, _, arg = msg.partition(" ")
+        if word == "up":
             self._ready = True
             self._deliver_interrupts()
-        elif msg.startswith("deepsleep "):
-            self._deepsleep_ms = int(msg.split()[1])
+        elif word in ("reset", "soft", "deepsleep"):
+            # machine.reset()/soft_reset()/deepsleep() never return on a board:
+            # the shim blocks and the board is rebooted from here.
+            self._deepsleep_ms = int(arg) if word == "deepsleep" else 0
+            cause = {"reset": "hard", "soft": "soft", "deepsleep": "deepsleep"}[word]
+            self._restart(False, cause)
+        elif word == "wdt":
+            self._wdt_timeout_s = int(arg) / 1000
+            self._wdt_deadline = time.monotonic() + self._wdt_timeout_s
+        elif word == "feed" and self._wdt_timeout_s:
+            self._wdt_deadline = time.monotonic() + self._wdt_timeout_s
+
+    def _restart(self, raw: bool, cause: str) -> None:
+        with self._lock:
+            self._pending_boot = (raw, cause)
+            if self._proc:
+                self._proc.kill()
+
+    def set_fault(self, **faults: object) -> None:
+        """Change what the board's hardware does, e.g. ``set_fault(wifi="down")``.
+
+        Keys: ``wifi`` ("up"/"down"), ``sensors`` ({name: "fail"|"ok"}), ``flash``
+        (None/"eio"/"enospc"). The VM re-reads them on its next hardware access.
+        """
+        self._faults.update(faults)
+        text = json.dumps(self._faults).encode()
+        if len(text) > _FAULTS_SIZE:
+            raise ValueError("fault state too large")
+        # One in-place write of a fixed-size record: the VM holds this file open.
+        fd = os.open(self.config.state_dir / "faults.json", os.O_WRONLY)
+        try:
+            os.pwrite(fd, text.ljust(_FAULTS_SIZE), 0)
+        finally:
+            os.close(fd)
 
     def _flush(self) -> None:
         proc = self._proc

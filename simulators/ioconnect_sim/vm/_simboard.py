@@ -39,16 +39,39 @@ def power_on(flash, soft):
     global reset_cause
     _load()
     reset_cause = int(os.getenv("IOCONNECT_RESET_CAUSE", "1"))
+    global _faults_file
+    if cfg.get("faults_path"):
+        _faults_file = open(cfg["faults_path"])
     for name in cfg.get("preload", ()):
         __import__(name)
     fs = cfg.get("board", {}).get("filesystem", {})
     global flash_fs
-    flash_fs = SimFlash(flash, fs.get("size", 1 << 20), fs.get("block_size", 4096))
+    flash_fs = SimFlash(flash, fs.get("size", 1 << 20), fs.get("block_size", 4096), faults)
     os.umount("/")
     os.mount(flash_fs, "/")
     os.chdir("/")
     sys.path[:] = ["", ".frozen", "/lib"]
     sys.modules.pop("__main__", None)
+
+
+_faults_file = None
+_faults = {}
+
+
+def faults():
+    # Faults set from the host (supervisor.VirtualBoard.set_fault), re-read on
+    # every call through a file opened before the flash hid the host's folders.
+    global _faults
+    if _faults_file is None:
+        return _faults
+    _faults_file.seek(0)
+    text = _faults_file.read().strip()
+    if text:
+        try:
+            _faults = json.loads(text)
+        except ValueError:
+            pass  # caught mid-write: keep the last complete state
+    return _faults
 
 
 def ctl(msg):

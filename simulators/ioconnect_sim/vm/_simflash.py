@@ -12,12 +12,12 @@ _DIR = 0x4000
 
 
 class SimFlash:
-    def __init__(self, root, size, block):
+    def __init__(self, root, size, block, faults):
         self._v = os.VfsPosix(root)
         self._cwd = "/"
         self._size = size
         self._block = block
-        self.fail = None  # None, "eio" or "enospc": every write/open-for-write fails
+        self._faults = faults  # callable -> dict; "flash": "eio"|"enospc" fails every write
 
     def _abs(self, path):
         # Resolve against our cwd; ".." never climbs out of the flash.
@@ -33,9 +33,10 @@ class SimFlash:
         return "/" + "/".join(parts)
 
     def _check_write(self):
-        if self.fail == "eio":
+        fail = self._faults().get("flash")
+        if fail == "eio":
             raise OSError(_EIO)
-        if self.fail == "enospc":
+        if fail == "enospc":
             raise OSError(_ENOSPC)
 
     def mount(self, readonly, mkfs):
