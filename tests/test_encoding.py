@@ -8,10 +8,9 @@ from typing import Any
 
 import base58
 import bech32
+from conftest import RunDevice
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import RunDevice
 
 # Each case [op, arg]; prints ["ok", result] or ["err", error class, message].
 ENCODE_ON_DEVICE = """

@@ -1,0 +1,152 @@
+"""The ``ioconnect`` command: a thin shell over the host library.
+
+Commands parse their arguments, call one library function and print its result,
+as text or, with ``--json``, as one JSON object. Faults of the device or the
+input (:class:`~ioconnect_host.errors.IoconnectError`) become one stderr line
+``ioconnect: error: …`` and a non-zero exit; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import IoconnectError
+from .identity import CURVES, DEFAULT_DIR, Identity, new_identity, show_identity
+
+__all__ = ["build_parser", "main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _print_identity(ident: Identity, *, as_json: bool, note: str | None = None) -> None:
+    if as_json:
+        print(json.dumps(ident.to_json(), indent=None, sort_keys=False))
+        return
+    if note:
+        print(note)
+    rows = [
+        ("Curve", ident.curve),
+        ("DID", ident.did),
+        ("did:key", ident.did_key),
+        ("Address", ident.address),
+        ("IoTeX address", ident.io_address),
+        ("Public key", ident.public_key),
+        ("Key file", f"{ident.key_file} (private key stays there)"),
+    ]
+    for name, value in rows:
+        if value is not None:
+            print(f"{name + ':':<15}{value}")
+    print("DID document:")
+    print(json.dumps(ident.document, indent=2))
+
+
+def _identity_new(args: argparse.Namespace) -> int:
+    directory: Path = args.dir
+    ident = new_identity(directory, args.curve)
+    if ident.created:
+        note = f"Created a new {ident.curve} identity in {directory}."
+    else:
+        note = f"An identity already exists in {directory}: showing it, not overwriting."
+        if ident.curve != args.curve:
+            note += f" (It is {ident.curve}; --curve {args.curve} was not used.)"
+    _print_identity(ident, as_json=args.json, note=note)
+    return 0
+
+
+def _identity_show(args: argparse.Namespace) -> int:
+    _print_identity(show_identity(args.dir), as_json=args.json)
+    return 0
+
+
+def _add_identity(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ident = sub.add_parser(
+        "identity", help="make or show the device identity (key, DIDs, addresses)"
+    )
+    ident.set_defaults(handler=_help_of(ident))
+    cmds = ident.add_subparsers(title="identity commands", metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--dir",
+            type=Path,
+            default=DEFAULT_DIR,
+            help="the (virtual) device filesystem holding the key (default: ./identity)",
+        )
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    new = cmds.add_parser(
+        "new",
+        help="create the device key unless one exists, and show the identity",
+        description="Create the device key on the device (MicroPython VM) unless one exists "
+        "in DIR, then print its DIDs, addresses and DID document. Never overwrites a key; "
+        "the private key is never printed.",
+    )
+    new.add_argument(
+        "--curve", choices=CURVES, default=CURVES[0], help="key type (default: secp256k1)"
+    )
+    common(new)
+    new.set_defaults(handler=_identity_new)
+
+    show = cmds.add_parser("show", help="show the existing identity")
+    common(show)
+    show.set_defaults(handler=_identity_show)
+
+
+def _help_of(parser: argparse.ArgumentParser) -> Handler:
+    def show_help(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return show_help
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``ioconnect`` command."""
+    parser = argparse.ArgumentParser(
+        prog="ioconnect",
+        description="Put devices on IoTeX: device identity, provisioning and signed data.",
+    )
+    parser.add_argument("--version", action="version", version=f"ioconnect {__version__}")
+    parser.set_defaults(handler=_help_of(parser))
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_identity(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``ioconnect`` command; returns the exit status.
+
+    Args:
+        argv: arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        0 on success; 2 for usage errors; the error's ``exit_code`` for faults.
+
+    Example:
+        >>> main(["--version"])
+        ioconnect 0.1.0
+        0
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else 2
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except IoconnectError as err:
+        # One line: the hint of a VM failure is a traceback, keep only its message.
+        text = str(err) if err.hint is None or "\n" not in err.hint else str(err.args[0])
+        print(f"ioconnect: error: {text}", file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
