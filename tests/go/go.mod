@@ -1,0 +1,3 @@
+module ioconnect.test/goref
+
+go 1.19
