@@ -377,3 +377,38 @@ except keys.KeyStoreError as e:
 """
     [msg] = device(code, "bogus", fs_dir=tmp_path)
     assert "unknown curve" in msg and not (tmp_path / "identity.key").exists()
+
+
+WRITE_FAILS = """
+import json, os
+from ioconnect import keys
+
+class FullFile:
+    def __init__(self, f):
+        self.f = f
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        self.f.close()
+    def write(self, b):
+        self.f.write(b[:10])
+        raise OSError(28)  # ENOSPC after 10 bytes
+
+_open = open
+st = keys.KeyStore("identity.key")
+old = st.create("secp256k1").public_key().hex()
+keys.open = lambda p, m="r": FullFile(_open(p, m)) if "w" in m else _open(p, m)
+try:
+    st.rotate("ed25519")
+    print(json.dumps("rotated"))
+except keys.KeyStoreError as e:
+    print(json.dumps(str(e)))
+keys.open = _open
+print(json.dumps([old, st.load().public_key().hex()]))
+"""
+
+
+def test_write_error_is_reported_and_old_key_kept(device: RunDevice, tmp_path: Path) -> None:
+    msg, [old, loaded] = device(WRITE_FAILS, fs_dir=tmp_path)
+    assert msg == "identity.key: cannot write the key (errno 28)"
+    assert loaded == old

@@ -200,6 +200,7 @@ class KeyStore:
         self.backup_path = path + ".bak"
 
     def exists(self):
+        """True if a key is stored; KeyStoreError if the file is unreadable."""
         try:
             self.load()
             return True
@@ -250,17 +251,22 @@ class KeyStore:
         secret, pub = _generate(ci)
         blob = _encode(ci, secret, pub)
         tmp = self._tmp
-        with open(tmp, "wb") as f:
-            n = f.write(blob)
-            f.flush()
-        if n != len(blob):
-            raise KeyStoreError("%s: short write (%d of %d bytes)" % (tmp, n, len(blob)))
-        sync = getattr(os, "sync", None)
-        if sync:
-            sync()
-        if _read(tmp) != blob:
-            raise KeyStoreError("%s: read-back differs from what was written" % tmp)
-        if backup and _exists(self.path):
-            os.rename(self.path, self.backup_path)
-        os.rename(tmp, self.path)
+        try:
+            with open(tmp, "wb") as f:
+                n = f.write(blob)
+                f.flush()
+            if n != len(blob):
+                raise KeyStoreError("%s: short write (%d of %d bytes)" % (tmp, n, len(blob)))
+            sync = getattr(os, "sync", None)
+            if sync:
+                sync()
+            if _read(tmp) != blob:
+                raise KeyStoreError("%s: read-back differs from what was written" % tmp)
+            if backup and _exists(self.path):
+                os.rename(self.path, self.backup_path)
+            os.rename(tmp, self.path)
+        except OSError as e:
+            # Full or failing flash: the committed file is untouched (or, past
+            # the backup rename, the complete temp file is adopted by load()).
+            raise KeyStoreError("%s: cannot write the key (errno %s)" % (self.path, e.errno))
         return _make(ci, secret, pub)
