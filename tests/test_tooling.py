@@ -37,6 +37,7 @@ BAD = {
 # Uses what device code needs: const, native, viper with ptr8/ptr32 (called
 # with buffers), hashlib.sha256, struct, bytes.hex(sep), guarded imports.
 CLEAN = """\
+import binascii
 import hashlib
 import json
 import struct
@@ -97,7 +98,8 @@ def apply(fn: Callable[[int, int], int]) -> int:
     return fn(2, 3)
 
 
-print(json.dumps([apply(add), digest(b"abc"), (1).to_bytes(2, "big").hex()]))
+hexed = binascii.hexlify(bytearray(b"\\x01\\x02"), ":").decode()  # any buffer, as on the device
+print(json.dumps([apply(add), digest(b"abc"), hexed]))
 """
 
 
@@ -153,10 +155,10 @@ def test_clean_device_code_passes_and_runs(tmp_path: Path, cache: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert "check-firmware: no errors" in res.stdout
     out = run_script(CLEAN, fs_dir=tmp_path / "fs")
-    added, (hexdigest, total), two = json.loads(out)
+    added, (hexdigest, total), hexed = json.loads(out)
     buf = bytes(b ^ 1 for b in struct.pack(">II", 1, 2))
     want = hashlib.sha256(b"abc" + buf).digest().hex(":")[:8]
-    assert (added, hexdigest, total, two) == (5, want, 10, "0001")
+    assert (added, hexdigest, total, hexed) == (5, want, 10, "01:02")
 
 
 def test_syntax_micropython_rejects(tmp_path: Path, cache: Path) -> None:
