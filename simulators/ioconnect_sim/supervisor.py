@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ioconnect_host.firmware import compile_module, host_mpy_arch
 from ioconnect_host.vm import micropython_command
 
 __all__ = ["RESET_CAUSES", "SimConfig", "VirtualBoard", "vm_dir"]
@@ -49,6 +50,21 @@ _FAULTS_SIZE = 1024
 def vm_dir() -> Path:
     """Folder with console.py and the hardware shims (kept off the virtual flash)."""
     return Path(__file__).resolve().parent / "vm"
+
+
+def compile_vm_lib(dest: Path) -> Path:
+    """console.py and the shims as .mpy in ``dest``: a board's REPL and drivers are
+    frozen in flash, so their bytecode should not cost the board's heap a compile."""
+    dest.mkdir(parents=True, exist_ok=True)
+    arch = host_mpy_arch()
+    for src in vm_dir().glob("*.py"):
+        out = dest / (src.stem + ".mpy")
+        if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+            continue
+        tmp = out.with_suffix(".tmp")
+        tmp.write_bytes(compile_module(src, mpy_arch=arch, source_name=src.name))
+        tmp.replace(out)
+    return dest
 
 
 @dataclass
@@ -102,6 +118,7 @@ class VirtualBoard:
         cfg = self.config
         cfg.flash_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(cfg.state_dir / "console.log", "ab")  # noqa: SIM115 - lives with the board
+        self._vmlib = compile_vm_lib(cfg.state_dir / "vmlib")
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # no echo, no newline translation, no signals
         os.set_blocking(self._master, False)
@@ -166,7 +183,7 @@ class VirtualBoard:
         code = f"import console; console.start({str(cfg.flash_dir)!r}, {raw}, {soft})"
         env = dict(
             os.environ,
-            MICROPYPATH=str(vm_dir()),
+            MICROPYPATH=str(self._vmlib),
             IOCONNECT_SIM=str(cfg.state_dir / "sim.json"),
             IOCONNECT_RESET_CAUSE=str(RESET_CAUSES[cause]),
         )

