@@ -55,6 +55,13 @@ try:
 except ImportError:  # the unix port: no radio
     network = None  # type: ignore[assignment]
 
+try:
+    import _no_such_module  # absent from stubs and VM: the guard makes it fine
+
+    BOARD = _no_such_module.NAME
+except ImportError:
+    BOARD = "real"
+
 _LANES = const(4)
 
 

@@ -334,8 +334,8 @@ def ast_findings(
         for line, name in imported(tree):
             if line not in guarded and name not in available:
                 msg = (
-                    f'module "{name}" does not exist on MicroPython; import it inside '
-                    "try/except ImportError if it is optional"
+                    f'module "{name}" does not import on the MicroPython unix port '
+                    "(tests, virtual board); import it inside try/except ImportError"
                 )
                 found.append(Finding(path, line, msg, "mpy-import", name))
         for node in ast.walk(tree):
@@ -433,6 +433,19 @@ def check(files: list[Path], cache_root: Path) -> tuple[int, list[str]]:
     findings += ast_findings(trees, bad_attrs, available)
 
     rc, lines = run_mypy(files, cache_root / "typeshed")
+    # An import guarded by try/except ImportError (or if) may be missing: that
+    # is the point of the guard, so drop mypy's import-not-found for it.
+    guarded = {
+        f"{shown(path)}:{line}:"
+        for path, tree in trees.items()
+        for line in guarded_import_lines(tree)
+    }
+    lines = [
+        ln
+        for ln in lines
+        if not (ln.partition(" ")[0] in guarded and ("[import-not-found]" in ln or "note:" in ln))
+    ]
+    rc = rc if any(": error:" in ln for ln in lines) else 0
     mypy_errors = [ln for ln in lines if ": error:" in ln]
     for item in findings:
         src = item.path.read_text(encoding="utf-8").splitlines()
