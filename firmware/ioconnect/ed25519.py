@@ -186,7 +186,8 @@ def _var_mul(k, p):
 
 # --- fixed-base table ---------------------------------------------------
 
-_tbl = None  # None: not looked at yet; False: unusable; else (path, w, n)
+_checked = False  # the table file has been looked at
+_tbl = None  # type: tuple | None  # (path, w, n) of a good table
 _buf = bytearray(_ENTRY)
 _mv = memoryview(_buf)
 _f0, _f1, _f2 = _mv[0:32], _mv[32:64], _mv[64:96]
@@ -203,8 +204,9 @@ def _table_path():
 
 def _load_table():
     # Check the header, size and SHA-256 once; any fault means "no table".
-    global _tbl
-    _tbl = False
+    global _checked, _tbl
+    _checked = True
+    _tbl = None
     path = _table_path()
     if path is None:
         return
@@ -235,16 +237,16 @@ def _load_table():
 
 def table_info():
     """(window bits, windows) of the fixed-base table in use, or None."""
-    if _tbl is None:
+    if not _checked:
         _load_table()
     return _tbl[1:] if _tbl else None
 
 
 def _base_mul(k):
     # k*B for 0 <= k < L
-    if _tbl is None:
+    if not _checked:
         _load_table()
-    if not _tbl:
+    if _tbl is None:
         return _var_mul(k, _B)
     path, w, n = _tbl
     P = _P
