@@ -70,8 +70,18 @@ OPS: list[Op] = [
         "ed25519.verify(pub, msg, sig)",
         5,
     ),
-    Op("keccak256.32B", "from ioconnect.keccak import keccak256\nm = bytes(32)\n", "keccak256(m)", 200),
-    Op("keccak256.1KB", "from ioconnect.keccak import keccak256\nm = bytes(1024)\n", "keccak256(m)", 50),
+    Op(
+        "keccak256.32B",
+        "from ioconnect.keccak import keccak256\nm = bytes(32)\n",
+        "keccak256(m)",
+        200,
+    ),
+    Op(
+        "keccak256.1KB",
+        "from ioconnect.keccak import keccak256\nm = bytes(1024)\n",
+        "keccak256(m)",
+        50,
+    ),
     Op("sha512.64B", "from ioconnect.sha512 import sha512\nm = bytes(64)\n", "sha512(m)", 100),
 ]
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from ioconnect_host.vm import DEFAULT_HEAP, run_script
 
 RunDevice = Callable[..., list[Any]]
@@ -36,8 +35,9 @@ def run_device(
     for line in out.splitlines():
         try:
             results.append(json.loads(line))
-        except ValueError:
-            raise AssertionError(f"device printed a non-JSON line: {line!r}\nfull output:\n{out}")
+        except ValueError as exc:
+            msg = f"device printed a non-JSON line: {line!r}\nfull output:\n{out}"
+            raise AssertionError(msg) from exc
     return results
 
 

@@ -1,4 +1,4 @@
-"""ECDSA on the MicroPython VM, checked against libsecp256k1 (coincurve) and OpenSSL (cryptography)."""
+"""ECDSA on the MicroPython VM, checked against libsecp256k1 (coincurve) and OpenSSL."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import coincurve
 import pytest
+from conftest import RunDevice
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -18,8 +19,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import RunDevice
 from ioconnect_host.paths import firmware_dir
 
 SECP_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -73,7 +72,9 @@ scalars = {
 }
 
 
-@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     keys=st.lists(
         st.tuples(
@@ -95,7 +96,12 @@ def test_edge_scalars_and_digests(device: RunDevice) -> None:
     cases = []
     for curve, n in (("secp256k1", SECP_N), ("p256", P256_N)):
         for d in (1, 2, n - 1, n // 2):
-            for dig in (b"\x00" * 32, b"\xff" * 32, n.to_bytes(32, "big"), (n + 1).to_bytes(32, "big")):
+            for dig in (
+                b"\x00" * 32,
+                b"\xff" * 32,
+                n.to_bytes(32, "big"),
+                (n + 1).to_bytes(32, "big"),
+            ):
                 cases.append([curve, f"{d:064x}", dig.hex()])
     check_signatures(cases, device(SIGN_ON_DEVICE, cases))
 
@@ -105,7 +111,8 @@ def test_protocols_vectors(device: RunDevice) -> None:
     code = """
 import json
 from ioconnect import ecdsa
-print(json.dumps(ecdsa.public_key(ecdsa.SECP256K1, 0x449e725560cd54b853e0825662b8d5c8fcb4e0516fe5a0a1509df4c4b9484d87).hex()))
+d = 0x449e725560cd54b853e0825662b8d5c8fcb4e0516fe5a0a1509df4c4b9484d87
+print(json.dumps(ecdsa.public_key(ecdsa.SECP256K1, d).hex()))
 print(json.dumps(ecdsa.public_key(ecdsa.P256, int(json.load(open("cases.json")), 16)).hex()))
 """
     secp, p256 = device(code, p256_d.hex())
@@ -134,7 +141,9 @@ for curve, pub, comp, dig, sig in json.load(open("cases.json")):
 """
 
 
-@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(msgs=st.lists(st.binary(min_size=0, max_size=64), min_size=12, max_size=12))
 def test_device_verifies_and_recovers_host_signatures(device: RunDevice, msgs: list[bytes]) -> None:
     cases: list[list[str]] = []
@@ -162,12 +171,16 @@ def test_device_verifies_and_recovers_host_signatures(device: RunDevice, msgs: l
         assert decomp == case[1]
         # one of the two recovery ids gives back the signer exactly when the signature is good
         assert (case[1] in recovered) is want_ok, case
-        # the recovered candidates are real keys: OpenSSL/libsecp256k1 verify the signature under them
+        # the recovered candidates are real keys: OpenSSL verifies the signature under them
         if want_ok and case[0] == "p256":
             sig = bytes.fromhex(case[4])
-            der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+            der = encode_dss_signature(
+                int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+            )
             for cand in recovered:
-                key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes.fromhex(cand))
+                key = ec.EllipticCurvePublicKey.from_encoded_point(
+                    ec.SECP256R1(), bytes.fromhex(cand)
+                )
                 key.verify(der, bytes.fromhex(case[3]), ec.ECDSA(Prehashed(hashes.SHA256())))
 
 

@@ -78,8 +78,9 @@ def call(board: Board, op: str, *, timeout_s: float = 30.0, **args: Any) -> Any:
     """
     rid = next(_ids)
     request = json.dumps({"v": API_VERSION, "id": rid, "op": op, **args}).encode()
-    out = board.exec(b"import ioconnect.agent as A;A.call(" + repr(request).encode() + b")",
-                     timeout_s=timeout_s)
+    out = board.exec(
+        b"import ioconnect.agent as A;A.call(" + repr(request).encode() + b")", timeout_s=timeout_s
+    )
     answer = parse_frame(out)
     if answer.get("id") != rid:
         raise TransportError(f"agent answered request {answer.get('id')}, expected {rid}")

