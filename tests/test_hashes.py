@@ -141,3 +141,30 @@ print(json.dumps([keccak256(m).hex(), sha512(m).hex()]))
     for i in range(0, 40000, 97):
         m[i] = i & 255
     assert device(code) == [[host_keccak(bytes(m)), hashlib.sha512(m).hexdigest()]]
+
+
+def test_locked_heap(device: RunDevice) -> None:
+    # Keccak256.update allocates nothing; a MemoryError in the one-shot
+    # functions (their result needs the heap) leaves no state behind.
+    code = """
+import json, micropython
+from ioconnect.keccak import Keccak256, keccak256
+from ioconnect.sha512 import sha512
+d = bytes(range(256)) + bytes(44)
+h = Keccak256()
+micropython.heap_lock()
+h.update(d)
+h.update(d)
+micropython.heap_unlock()
+errors = 0
+for f in (keccak256, sha512):
+    micropython.heap_lock()
+    try:
+        f(d)
+    except MemoryError:
+        errors += 1
+    micropython.heap_unlock()
+print(json.dumps([h.hexdigest(), keccak256(d).hex(), sha512(d).hex(), errors]))
+"""
+    d = bytes(range(256)) + bytes(44)
+    assert device(code) == [[host_keccak(d + d), host_keccak(d), hashlib.sha512(d).hexdigest(), 2]]
