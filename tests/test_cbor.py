@@ -113,7 +113,9 @@ INT = st.integers(-(2**64), 2**64 - 1) | st.sampled_from(
 # Key kinds are kept apart inside one map: there, RFC 8949 bytewise order and
 # cbor2's canonical (length-first, RFC 7049) order agree. Mixed keys: below.
 KEY_KINDS = [
-    st.integers(0, 2**64 - 1), st.integers(-(2**64), -1), st.text(max_size=30),
+    st.integers(0, 2**64 - 1),
+    st.integers(-(2**64), -1),
+    st.text(max_size=30),
     st.binary(max_size=30),
 ]
 SCALAR = INT | st.binary(max_size=40) | st.text(max_size=40) | st.booleans() | st.none()
@@ -146,7 +148,7 @@ def test_roundtrip_vs_cbor2(device, tmp_path_factory, values):
     # cbor2's default encoding keeps map insertion order: the device must
     # decode it as is and re-encode it deterministically as cbor2 canonical.
     dev = run_cases(device, tmp_path_factory.mktemp("cbor"), [cbor2.dumps(v) for v in values])
-    for v, d in zip(values, dev):
+    for v, d in zip(values, dev, strict=True):
         assert "enc" in d, (v, d)
         assert d["rep"] == rep(v)
         assert d["enc"] == canonical(v).hex(), v
@@ -163,7 +165,7 @@ def test_mixed_key_order_is_bytewise(device, tmp_path):
     ]
     items = [cbor2.dumps(m) for m in maps]
     dev = run_cases(device, tmp_path, items)
-    for m, d in zip(maps, dev):
+    for m, d in zip(maps, dev, strict=True):
         pairs = sorted(canonical(k) + canonical(v) for k, v in m.items())
         assert d["enc"] == (bytes([0xA0 | len(m)]) + b"".join(pairs)).hex()
     assert dev[0]["enc"] == "a2" + "186401" + "2002"  # 100 (0x18 0x64) before -1 (0x20)
@@ -171,14 +173,39 @@ def test_mixed_key_order_is_bytewise(device, tmp_path):
 
 RFC_VECTORS = [
     # RFC 8949 Appendix A
-    (0, "00"), (1, "01"), (10, "0a"), (23, "17"), (24, "1818"), (25, "1819"), (100, "1864"),
-    (1000, "1903e8"), (1000000, "1a000f4240"), (1000000000000, "1b000000e8d4a51000"),
-    (18446744073709551615, "1bffffffffffffffff"), (-18446744073709551616, "3bffffffffffffffff"),
-    (-1, "20"), (-10, "29"), (-100, "3863"), (-1000, "3903e7"), (False, "f4"), (True, "f5"),
-    (None, "f6"), (b"", "40"), (b"\x01\x02\x03\x04", "4401020304"), ("", "60"), ("a", "6161"),
-    ("IETF", "6449455446"), ("\"\\", "62225c"), ("\u00fc", "62c3bc"), ("\u6c34", "63e6b0b4"),
-    ("\U00010151", "64f0908591"), ([], "80"), ([1, 2, 3], "83010203"),
-    ([1, [2, 3], [4, 5]], "8301820203820405"), ({}, "a0"), ({1: 2, 3: 4}, "a201020304"),
+    (0, "00"),
+    (1, "01"),
+    (10, "0a"),
+    (23, "17"),
+    (24, "1818"),
+    (25, "1819"),
+    (100, "1864"),
+    (1000, "1903e8"),
+    (1000000, "1a000f4240"),
+    (1000000000000, "1b000000e8d4a51000"),
+    (18446744073709551615, "1bffffffffffffffff"),
+    (-18446744073709551616, "3bffffffffffffffff"),
+    (-1, "20"),
+    (-10, "29"),
+    (-100, "3863"),
+    (-1000, "3903e7"),
+    (False, "f4"),
+    (True, "f5"),
+    (None, "f6"),
+    (b"", "40"),
+    (b"\x01\x02\x03\x04", "4401020304"),
+    ("", "60"),
+    ("a", "6161"),
+    ("IETF", "6449455446"),
+    ('"\\', "62225c"),
+    ("\u00fc", "62c3bc"),
+    ("\u6c34", "63e6b0b4"),
+    ("\U00010151", "64f0908591"),
+    ([], "80"),
+    ([1, 2, 3], "83010203"),
+    ([1, [2, 3], [4, 5]], "8301820203820405"),
+    ({}, "a0"),
+    ({1: 2, 3: 4}, "a201020304"),
     ({"a": 1, "b": [2, 3]}, "a26161016162820203"),
     (["a", {"b": "c"}], "826161a161626163"),
 ]
@@ -190,13 +217,23 @@ def test_rfc8949_vectors_and_boundaries(device, tmp_path):
     values += bounds + [-1 - b for b in bounds]
     values += [b"x" * n for n in (23, 24, 255, 256, 1000)] + ["é" * 12, "y" * 24, "z" * 256]
     values += [[0] * n for n in (23, 24)] + [{i: i for i in range(24)}]
-    expected = [h for _, h in RFC_VECTORS] + [canonical(v).hex() for v in values[len(RFC_VECTORS):]]
+    expected = [h for _, h in RFC_VECTORS] + [
+        canonical(v).hex() for v in values[len(RFC_VECTORS) :]
+    ]
     src = "[" + ", ".join(_py(v) for v in values) + "]"
     out = device(ENCODE % src)
     assert [o.get("enc") for o in out] == expected
     # exact heads at the boundaries, independent of cbor2
-    heads = {23: "17", 24: "1818", 255: "18ff", 256: "190100", 65535: "19ffff",
-             65536: "1a00010000", 2**32 - 1: "1affffffff", 2**32: "1b0000000100000000"}
+    heads = {
+        23: "17",
+        24: "1818",
+        255: "18ff",
+        256: "190100",
+        65535: "19ffff",
+        65536: "1a00010000",
+        2**32 - 1: "1affffffff",
+        2**32: "1b0000000100000000",
+    }
     for b, h in heads.items():
         assert out[values.index(b)]["enc"] == h
 
@@ -250,7 +287,7 @@ HOSTILE = {
 def test_hostile_inputs_rejected_with_reason(device, tmp_path):
     items = [bytes.fromhex(h.replace(" ", "")) for h in HOSTILE]
     dev = run_cases(device, tmp_path, items)
-    for (h, why), d in zip(HOSTILE.items(), dev):
+    for (h, why), d in zip(HOSTILE.items(), dev, strict=True):
         assert "err" in d, (h, d)
         assert why.lower() in d["err"].lower(), (h, d)
 
@@ -301,7 +338,7 @@ def test_fuzz_decoder(device, tmp_path_factory, valid, noise, seed):
     items = [mutate(cbor2.dumps(v), rnd) for v in valid] + noise
     dev = run_cases(device, tmp_path_factory.mktemp("fuzz"), items)
     accepted = 0
-    for b, d in zip(items, dev):
+    for b, d in zip(items, dev, strict=True):
         assert "bad" not in d, (b.hex(), d)
         if "rep" in d and not has_tag(d["rep"]):
             accepted += 1

@@ -51,11 +51,14 @@ def utf8_ok(b: bytes) -> bool:
 
 def check_against_go(device, tmp_path: Path, inputs: list[bytes]) -> None:
     binary, version = go_reference()
-    go = run_go(binary, [{"op": "raw", "hex": b.hex()} for b in inputs]
-                + [{"op": "str", "hex": b.hex()} for b in inputs])
-    go_raw, go_str = go[: len(inputs)], go[len(inputs):]
+    go = run_go(
+        binary,
+        [{"op": "raw", "hex": b.hex()} for b in inputs]
+        + [{"op": "str", "hex": b.hex()} for b in inputs],
+    )
+    go_raw, go_str = go[: len(inputs)], go[len(inputs) :]
     dev = run_device_cases(device, tmp_path, inputs)
-    for b, d, gr, gs in zip(inputs, dev, go_raw, go_str):
+    for b, d, gr, gs in zip(inputs, dev, go_raw, go_str, strict=True):
         ctx = f"input {b!r}: device {d}, Go raw {gr}, Go str {gs}"
         # Go-compatible mode: accepted exactly when Go accepts, same bytes.
         assert ("ok" in d["lax"]) == ("ok" in gr), ctx
@@ -75,7 +78,9 @@ def check_against_go(device, tmp_path: Path, inputs: list[bytes]) -> None:
 # --- hypothesis JSON text with whitespace, escapes and odd number spellings ---
 
 WS = st.text(alphabet=" \t\r\n", max_size=2)
-NUMBER = st.from_regex(r"-?(0|[1-9][0-9]{0,19})(\.[0-9]{1,4})?([eE][+-]?[0-9]{1,3})?", fullmatch=True)
+NUMBER = st.from_regex(
+    r"-?(0|[1-9][0-9]{0,19})(\.[0-9]{1,4})?([eE][+-]?[0-9]{1,3})?", fullmatch=True
+)
 RAW_CHAR = st.characters(
     blacklist_categories=("Cs",), blacklist_characters='"\\' + "".join(map(chr, range(32)))
 ) | st.sampled_from(["<", ">", "&", "\u2028", "\u2029", "é", "€", "😀", "\x7f", "\ufffd"])
@@ -97,7 +102,9 @@ def _array(children):
 def _object(children):
     member = st.tuples(WS, STRING, WS, WS, children, WS)
     return st.tuples(st.lists(member, max_size=4), WS).map(
-        lambda t: "{" + (",".join(a + k + b + ":" + c + v + d for a, k, b, c, v, d in t[0]) or t[1]) + "}"
+        lambda t: (
+            "{" + (",".join(a + k + b + ":" + c + v + d for a, k, b, c, v, d in t[0]) or t[1]) + "}"
+        )
     )
 
 
@@ -118,8 +125,8 @@ def mutate(b: bytes, rnd: random.Random) -> bytes:
     if kind == 1:
         return b[:i] + junk + b[i:]
     if kind == 2:
-        return b[:i] + junk + b[i + 1:]
-    return b[:i] + b[i + 1:]
+        return b[:i] + junk + b[i + 1 :]
+    return b[:i] + b[i + 1 :]
 
 
 HAND = [
@@ -127,15 +134,52 @@ HAND = [
     b'"<script>&amp;</script>"',
     b'{"a":"\\u00e9\\/\\u2028\\uD83D\\uDE00","a":2}',  # existing escapes and a duplicate key
     '{"k":"é€😀","n":null,"t":true,"f":false}'.encode(),
-    b"[]", b"{}", b"[ ]", b"{ }", b" 0 ", b"-0", b"1.50", b"\t\r\n[\t1\r,\n2 ]\n",
+    b"[]",
+    b"{}",
+    b"[ ]",
+    b"{ }",
+    b" 0 ",
+    b"-0",
+    b"1.50",
+    b"\t\r\n[\t1\r,\n2 ]\n",
     b'"\\ud800"',  # lone surrogate escape: Go keeps it
     # invalid
-    b"", b"   ", b"[1,]", b"{,}", b'{"a" 1}', b'{"a":1,}', b"[1 2]", b"01", b"1.", b".5",
-    b"1e", b"-", b"+1", b"tru", b"nul", b"True", b"[1]x", b"[1] [2]", b'"\\x"', b'"\\u12g4"',
-    b'"a\x01b"', b'"unterminated', b"{'a':1}", b"[1,2", b'{"a":1', b"NaN", b"\xef\xbb\xbf{}",
-    b"\x0b1", b"\x0c1", b"[\xa0]",
+    b"",
+    b"   ",
+    b"[1,]",
+    b"{,}",
+    b'{"a" 1}',
+    b'{"a":1,}',
+    b"[1 2]",
+    b"01",
+    b"1.",
+    b".5",
+    b"1e",
+    b"-",
+    b"+1",
+    b"tru",
+    b"nul",
+    b"True",
+    b"[1]x",
+    b"[1] [2]",
+    b'"\\x"',
+    b'"\\u12g4"',
+    b'"a\x01b"',
+    b'"unterminated',
+    b"{'a':1}",
+    b"[1,2",
+    b'{"a":1',
+    b"NaN",
+    b"\xef\xbb\xbf{}",
+    b"\x0b1",
+    b"\x0c1",
+    b"[\xa0]",
     # bytes Go accepts in strings but that are not UTF-8 (strict mode refuses)
-    b'"\xff"', b'"\xc0\x80"', b'"\xed\xa0\x80"', b'"\xe2\x80"', b'["\xe2\xe2\x80\xa8"]',
+    b'"\xff"',
+    b'"\xc0\x80"',
+    b'"\xed\xa0\x80"',
+    b'"\xe2\x80"',
+    b'["\xe2\xe2\x80\xa8"]',
     b'"\xf4\x90\x80\x80"',
     # nesting at the device bound (64); past it: test_depth_bound
     b"[" * 64 + b"]" * 64,
@@ -147,13 +191,17 @@ def test_hand_cases_match_go(device, tmp_path):
 
 
 def test_depth_bound(device, tmp_path):
-    dev = run_device_cases(device, tmp_path, [b"[" * 64 + b"]" * 64, b"{\"a\":" * 65 + b"1" + b"}" * 65])
+    dev = run_device_cases(
+        device, tmp_path, [b"[" * 64 + b"]" * 64, b'{"a":' * 65 + b"1" + b"}" * 65]
+    )
     assert dev[0]["raw"] == {"ok": (b"[" * 64 + b"]" * 64).hex()}
     assert "unsupported" in dev[1]["raw"] and "nesting" in dev[1]["raw"]["unsupported"]
 
 
 # One batch per run; no shrinking (each step is a Go and a VM run).
-@settings(max_examples=1, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=1, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
+)
 @given(docs=st.lists(JSON_TEXT, min_size=150, max_size=150), seed=st.integers(0, 2**32))
 def test_generated_json_matches_go(device, tmp_path_factory, docs, seed):
     rnd = random.Random(seed)
@@ -167,7 +215,7 @@ def test_generated_json_matches_go(device, tmp_path_factory, docs, seed):
     [
         # Published behaviour of Go's json.Marshal on RawMessage / strings.
         (b'{"a": "<&>"}', b'{"a":"\\u003c\\u0026\\u003e"}'),
-        (b'[1.50, 1e3, -0]', b"[1.50,1e3,-0]"),
+        (b"[1.50, 1e3, -0]", b"[1.50,1e3,-0]"),
     ],
 )
 def test_known_outputs(device, tmp_path, text, expected):

@@ -28,10 +28,13 @@ REGISTRY = {
 
 # A Key-shaped signer over ioconnect.ecdsa with a fixed private key; `run`
 # maps a case (JSON line) to a JSON-able result, errors included.
-PRELUDE = r"""
+PRELUDE = (
+    r"""
 import json, hashlib, binascii
 from ioconnect import ecdsa, profiles
-D = 0x""" + PRIV + r"""
+D = 0x"""
+    + PRIV
+    + r"""
 class FixedKey:
     def __init__(self, curve="secp256k1"):
         self.curve = curve
@@ -56,6 +59,7 @@ def each(run):
             except profiles.ProfileError as e:
                 print(json.dumps({"err": str(e)}))
 """
+)
 
 
 def run_lines(device, tmp: Path, code: str, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -76,7 +80,9 @@ def address_of(pub: coincurve.PublicKey) -> str:
 def recovered_addresses(sig64: bytes, digest: bytes) -> set[str]:
     """Addresses for recovery ids 0 and 1, as the W3bstream node tries them."""
     return {
-        address_of(coincurve.PublicKey.from_signature_and_message(sig64 + bytes([v]), digest, hasher=None))
+        address_of(
+            coincurve.PublicKey.from_signature_and_message(sig64 + bytes([v]), digest, hasher=None)
+        )
         for v in (0, 1)
     }
 
@@ -96,30 +102,45 @@ each(run)
 
 NONCE = st.integers(1, 2**64 - 1) | st.sampled_from([1, 2**32, 2**63, 2**64 - 1])
 PID = st.integers(0, 10**20).map(str)
-PVER = st.sampled_from(["", "v1", "0.1.0", "<&>", "é\u2028x", '"q"\\', "\t\n"]) | st.text(max_size=8).filter(
-    lambda s: "\b" not in s and "\f" not in s
-)
+PVER = st.sampled_from(["", "v1", "0.1.0", "<&>", "é\u2028x", '"q"\\', "\t\n"]) | st.text(
+    max_size=8
+).filter(lambda s: "\b" not in s and "\f" not in s)
 PAYLOAD = (
     JSON_TEXT
     | st.binary(min_size=1, max_size=40)
-    | st.sampled_from([b"123", b'"abc"', b"true", b" null ", b"1.50", b"abcdef", b"0x12", b'"\xff\x00'])
+    | st.sampled_from(
+        [b"123", b'"abc"', b"true", b" null ", b"1.50", b"abcdef", b"0x12", b'"\xff\x00']
+    )
 )
 
 
-def task_case(nonce: int, pid: str, pver: str, payload: bytes, keys: list[str] | None = None) -> dict:
+def task_case(
+    nonce: int, pid: str, pver: str, payload: bytes, keys: list[str] | None = None
+) -> dict:
     return {"nonce": nonce, "pid": pid, "pver": pver, "payload": payload.hex(), "keys": keys or []}
 
 
 def check_tasks(device, tmp: Path, cases: list[dict]) -> list[dict]:
     binary, _ = go_reference()
     dev = run_lines(device, tmp, TASK, cases)
-    go_task = run_go(binary, [
-        {"op": "task", "hex": c["payload"], "nonce": str(c["nonce"]), "projectID": c["pid"],
-         "projectVersion": c["pver"]} for c in cases
-    ])
-    ok = [(c, d["ok"]) for c, d in zip(cases, dev) if "ok" in d]
-    server = run_go(binary, [{"op": "server_task", "hex": d["body"], "keys": c["keys"]} for c, d in ok])
-    for (c, d), s in zip(ok, server):
+    go_task = run_go(
+        binary,
+        [
+            {
+                "op": "task",
+                "hex": c["payload"],
+                "nonce": str(c["nonce"]),
+                "projectID": c["pid"],
+                "projectVersion": c["pver"],
+            }
+            for c in cases
+        ],
+    )
+    ok = [(c, d["ok"]) for c, d in zip(cases, dev, strict=True) if "ok" in d]
+    server = run_go(
+        binary, [{"op": "server_task", "hex": d["body"], "keys": c["keys"]} for c, d in ok]
+    )
+    for (c, d), s in zip(ok, server, strict=True):
         i = cases.index(c)
         # The device signs exactly Go's json.Marshal of the task ...
         assert d["signed"] == go_task[i]["ok"], (c, d, go_task[i])
@@ -133,11 +154,13 @@ def check_tasks(device, tmp: Path, cases: list[dict]) -> list[dict]:
     return dev
 
 
-@settings(max_examples=1, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=1, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
+)
 @given(cases=st.lists(st.builds(task_case, NONCE, PID, PVER, PAYLOAD), min_size=60, max_size=60))
 def test_task_matches_go_and_recovers(device, tmp_path_factory, cases):
     dev = check_tasks(device, tmp_path_factory.mktemp("task"), cases)
-    refused = [(c, d) for c, d in zip(cases, dev) if "err" in d]
+    refused = [(c, d) for c, d in zip(cases, dev, strict=True) if "err" in d]
     # only JSON-with-bad-UTF-8 payloads may be refused here
     for c, d in refused:
         assert "invalid UTF-8" in d["err"], (c, d)
@@ -171,7 +194,10 @@ def test_signed_keys_match_go(device, tmp_path):
         (b'{"timestamp": "1700000001"}', ["timestamp"]),  # gjson reads digit strings too
         (b'{"timestamp": 5, "timestamp": 6}', ["timestamp"]),  # first duplicate wins
         (b'{"a": {"timestamp": 3}, "timestamp": 18446744073709551615}', ["timestamp"]),
-        (b'{"timestamp": 1, "latitude": 2, "longitude": 3}', ["timestamp", "latitude", "longitude"]),
+        (
+            b'{"timestamp": 1, "latitude": 2, "longitude": 3}',
+            ["timestamp", "latitude", "longitude"],
+        ),
         (b'{"d": {"ts": 99, "x": [1, {"ts": 1}]}, "s": "}"}', ["d.ts"]),
         (b'{"s": "a,\\"}", "timestamp": 0}', ["timestamp"]),
     ]
@@ -180,7 +206,7 @@ def test_signed_keys_match_go(device, tmp_path):
     assert all("ok" in d for d in dev), dev
     binary, _ = go_reference()
     h1 = run_go(binary, [{"op": "server_task", "hex": d["ok"]["body"]} for d in dev])
-    for d, h in zip(dev, h1):
+    for d, h in zip(dev, h1, strict=True):
         assert d["ok"]["digest"] != h["ok"]["h1"]  # the keys do change the digest
 
 
@@ -206,8 +232,9 @@ def test_signed_keys_refused(device, tmp_path, payload, keys, reason):
 
 def test_task_refusals(device, tmp_path):
     code = r"""
-P = (("nonce", 0, "1", b"{}", ""), ("nonce", 2 ** 64, "1", b"{}", ""), ("nonce", -1, "1", b"{}", ""),
-     ("projectID", 1, "12a", b"{}", ""), ("projectID", 1, "", b"{}", ""), ("projectID", 1, " 1", b"{}", ""),
+P = (("nonce", 0, "1", b"{}", ""), ("nonce", 2 ** 64, "1", b"{}", ""),
+     ("nonce", -1, "1", b"{}", ""), ("projectID", 1, "12a", b"{}", ""),
+     ("projectID", 1, "", b"{}", ""), ("projectID", 1, " 1", b"{}", ""),
      ("empty", 1, "1", b"", ""), ("UTF-8", 1, "1", b'{"a": "\xff"}', ""),
      ("nesting", 1, "1", b"[" * 65 + b"]" * 65, ""), ("\\b or \\f", 1, "1", b"{}", "a\x08"),
      ("UTF-8", 1, "1", b"{}", b"\xc3"))
@@ -235,22 +262,35 @@ print(json.dumps(["hex", profiles.w3bstream_signed_bytes(1, "1", b'"\xff\x00').d
 SPROUT = r"""
 def run(c):
     body = profiles.sprout_message(KEY, c["pid"], c["pver"], c["data"])
-    return {"body": hx(body), "signed": hx(profiles.sprout_signed_bytes(c["pid"], c["pver"], c["data"]))}
+    signed = profiles.sprout_signed_bytes(c["pid"], c["pver"], c["data"])
+    return {"body": hx(body), "signed": hx(signed)}
 each(run)
 """
 
 TEXT = st.text(min_size=1, max_size=20).filter(lambda s: "\b" not in s and "\f" not in s)
 
 
-@settings(max_examples=1, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
-@given(cases=st.lists(st.fixed_dictionaries(
-    {"pid": st.integers(1, 2**64 - 1), "pver": TEXT, "data": TEXT | st.sampled_from(["<a>&b", "\u2028"])}
-), min_size=30, max_size=30))
+@settings(
+    max_examples=1, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
+)
+@given(
+    cases=st.lists(
+        st.fixed_dictionaries(
+            {
+                "pid": st.integers(1, 2**64 - 1),
+                "pver": TEXT,
+                "data": TEXT | st.sampled_from(["<a>&b", "\u2028"]),
+            }
+        ),
+        min_size=30,
+        max_size=30,
+    )
+)
 def test_sprout_matches_go_and_recovers(device, tmp_path_factory, cases):
     binary, _ = go_reference()
     dev = run_lines(device, tmp_path_factory.mktemp("sprout"), SPROUT, cases)
     server = run_go(binary, [{"op": "server_sprout", "hex": d["ok"]["body"]} for d in dev])
-    for c, d, s in zip(cases, dev, server):
+    for c, d, s in zip(cases, dev, server, strict=True):
         assert s["ok"]["signed"] == d["ok"]["signed"], (c, d, s)
         sig = bytes.fromhex(s["ok"]["sig"][2:])
         assert len(sig) == 65 and sig[64] in (0, 1)
@@ -281,8 +321,12 @@ def permit_typed(owner: str, nonce: int, chain: int) -> dict:
             "Permit": [{"name": "owner", "type": "address"}, {"name": "nonce", "type": "uint256"}],
         },
         "primaryType": "Permit",
-        "domain": {"name": "ioIDRegistry", "version": "1", "chainId": chain,
-                   "verifyingContract": REGISTRY[chain]},
+        "domain": {
+            "name": "ioIDRegistry",
+            "version": "1",
+            "chainId": chain,
+            "verifyingContract": REGISTRY[chain],
+        },
         "message": {"owner": owner, "nonce": nonce},
     }
 
@@ -293,11 +337,19 @@ def test_ioid_permit_recovers_with_eth_account(device, tmp_path):
     for chain in (4689, 4690):
         for nonce in (0, 1, 7, 2**64, 2**256 - 1):
             owner = "0x" + rnd.randbytes(20).hex()
-            cases.append({"owner": owner if nonce % 2 else owner.upper().replace("0X", "0x"),
-                          "nonce": nonce, "chain": chain, "registry": REGISTRY[chain]})
+            cases.append(
+                {
+                    "owner": owner if nonce % 2 else owner.upper().replace("0X", "0x"),
+                    "nonce": nonce,
+                    "chain": chain,
+                    "registry": REGISTRY[chain],
+                }
+            )
     dev = run_lines(device, tmp_path, PERMIT, cases)
-    for c, d in zip(cases, dev):
-        signable = encode_typed_data(full_message=permit_typed(c["owner"].lower(), c["nonce"], c["chain"]))
+    for c, d in zip(cases, dev, strict=True):
+        signable = encode_typed_data(
+            full_message=permit_typed(c["owner"].lower(), c["nonce"], c["chain"])
+        )
         sig = bytes.fromhex(d["ok"]["sig"])
         assert sig[64] in (27, 28)
         assert Account.recover_message(signable, signature=sig).lower() == ADDRESS
@@ -315,12 +367,16 @@ each(run)
 """
 
 
-@settings(max_examples=1, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=1, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
+)
 @given(msgs=st.lists(st.binary(max_size=200), min_size=20, max_size=20))
 def test_personal_sign_with_eth_account(device, tmp_path_factory, msgs):
     msgs = [*msgs, b"", b"hello", b"x" * 1000]
-    dev = run_lines(device, tmp_path_factory.mktemp("eip191"), EIP191, [{"m": m.hex()} for m in msgs])
-    for m, d in zip(msgs, dev):
+    dev = run_lines(
+        device, tmp_path_factory.mktemp("eip191"), EIP191, [{"m": m.hex()} for m in msgs]
+    )
+    for m, d in zip(msgs, dev, strict=True):
         signable = encode_defunct(primitive=m)
         sig = bytes.fromhex(d["ok"]["sig"])
         assert d["ok"]["digest"] == _hash_eip191_message(signable).hex()
@@ -354,9 +410,9 @@ def test_real_keystore_key(device, tmp_path):
     code = r"""
 from ioconnect.keys import KeyStore
 k = KeyStore("id.key").create("secp256k1")
-print(json.dumps({"pub": hx(k.public_key()),
-                  "task": hx(profiles.w3bstream_task(k, 9, "6", b'{"timestamp": 1}', "", ("timestamp",))),
-                  "digest": hx(profiles.w3bstream_digest(9, "6", b'{"timestamp": 1}', "", ("timestamp",))),
+args = (9, "6", b'{"timestamp": 1}', "", ("timestamp",))
+print(json.dumps({"pub": hx(k.public_key()), "task": hx(profiles.w3bstream_task(k, *args)),
+                  "digest": hx(profiles.w3bstream_digest(*args)),
                   "eip191": hx(profiles.personal_sign(k, b"hi"))}))
 """
     (out,) = device(PRELUDE + code, fs_dir=tmp_path)

@@ -85,11 +85,11 @@ def _enc(obj, out, depth):
         pairs.sort(key=lambda p: p[0])
         _head(out, 5, len(pairs))
         prev = None
-        for kb, v in pairs:
-            if kb == prev:
+        for kenc, v in pairs:
+            if kenc == prev:
                 raise CBORError("two map keys encode the same")
-            prev = kb
-            out.extend(kb)
+            prev = kenc
+            out.extend(kenc)
             _enc(v, out, depth + 1)
     elif isinstance(obj, Tag):
         _head(out, 6, obj.tag)
@@ -201,10 +201,10 @@ class _Decoder:
             if arg << (major - 4) > self.left:
                 raise CBORError("more than the allowed number of items")
         if major == 4:
-            out = []
+            arr = []
             for _ in range(arg):
-                out.append(self.item(depth + 1))
-            return out
+                arr.append(self.item(depth + 1))
+            return arr
         if major == 5:
             out = {}
             for _ in range(arg):
