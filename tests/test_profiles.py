@@ -92,7 +92,7 @@ def recovered_addresses(sig64: bytes, digest: bytes) -> set[str]:
 TASK = r"""
 def run(c):
     p = unhex(c["payload"])
-    args = (c["nonce"], c["pid"], p, c["pver"])
+    args = (c["nonce"], c["pid"], p, unhex(c["pver_hex"]))
     keys = tuple(c["keys"])
     body = profiles.w3bstream_task(KEY, *args, signed_keys=keys)
     return {"body": hx(body), "signed": hx(profiles.w3bstream_signed_bytes(*args)),
@@ -117,7 +117,16 @@ PAYLOAD = (
 def task_case(
     nonce: int, pid: str, pver: str, payload: bytes, keys: list[str] | None = None
 ) -> dict:
-    return {"nonce": nonce, "pid": pid, "pver": pver, "payload": payload.hex(), "keys": keys or []}
+    # Text travels to the VM as hex: MicroPython's json.loads does not join
+    # \ud8xx\udcxx surrogate-pair escapes into one character.
+    return {
+        "nonce": nonce,
+        "pid": pid,
+        "pver": pver,
+        "pver_hex": pver.encode().hex(),
+        "payload": payload.hex(),
+        "keys": keys or [],
+    }
 
 
 def check_tasks(device, tmp: Path, cases: list[dict]) -> list[dict]:
@@ -155,9 +164,9 @@ def check_tasks(device, tmp: Path, cases: list[dict]) -> list[dict]:
 
 
 @settings(
-    max_examples=1, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
+    max_examples=5, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
 )
-@given(cases=st.lists(st.builds(task_case, NONCE, PID, PVER, PAYLOAD), min_size=60, max_size=60))
+@given(cases=st.lists(st.builds(task_case, NONCE, PID, PVER, PAYLOAD), min_size=20, max_size=20))
 def test_task_matches_go_and_recovers(device, tmp_path_factory, cases):
     dev = check_tasks(device, tmp_path_factory.mktemp("task"), cases)
     refused = [(c, d) for c, d in zip(cases, dev, strict=True) if "err" in d]
@@ -261,8 +270,9 @@ print(json.dumps(["hex", profiles.w3bstream_signed_bytes(1, "1", b'"\xff\x00').d
 
 SPROUT = r"""
 def run(c):
-    body = profiles.sprout_message(KEY, c["pid"], c["pver"], c["data"])
-    signed = profiles.sprout_signed_bytes(c["pid"], c["pver"], c["data"])
+    args = (c["pid"], unhex(c["pver"]), unhex(c["data"]))
+    body = profiles.sprout_message(KEY, *args)
+    signed = profiles.sprout_signed_bytes(*args)
     return {"body": hx(body), "signed": hx(signed)}
 each(run)
 """
@@ -271,19 +281,21 @@ TEXT = st.text(min_size=1, max_size=20).filter(lambda s: "\b" not in s and "\f" 
 
 
 @settings(
-    max_examples=1, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
+    max_examples=5, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
 )
 @given(
     cases=st.lists(
         st.fixed_dictionaries(
             {
                 "pid": st.integers(1, 2**64 - 1),
-                "pver": TEXT,
-                "data": TEXT | st.sampled_from(["<a>&b", "\u2028"]),
+                "pver": TEXT.map(lambda t: t.encode().hex()),
+                "data": (TEXT | st.sampled_from(["<a>&b", "\u2028"])).map(
+                    lambda t: t.encode().hex()
+                ),
             }
         ),
-        min_size=30,
-        max_size=30,
+        min_size=12,
+        max_size=12,
     )
 )
 def test_sprout_matches_go_and_recovers(device, tmp_path_factory, cases):
@@ -368,9 +380,9 @@ each(run)
 
 
 @settings(
-    max_examples=1, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
+    max_examples=5, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
 )
-@given(msgs=st.lists(st.binary(max_size=200), min_size=20, max_size=20))
+@given(msgs=st.lists(st.binary(max_size=200), min_size=10, max_size=10))
 def test_personal_sign_with_eth_account(device, tmp_path_factory, msgs):
     msgs = [*msgs, b"", b"hello", b"x" * 1000]
     dev = run_lines(

@@ -6,6 +6,7 @@ toolchain the tests that need it skip, unless IOCONNECT_REQUIRE_GO=1 (CI).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
@@ -27,6 +28,7 @@ def _build() -> tuple[str, tuple[int, int]] | str:
     if go is None:
         return "the Go toolchain ('go') is not installed"
     tmp = Path(tempfile.mkdtemp(prefix="ioconnect-goref-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     env = dict(
         os.environ,
         GOCACHE=str(tmp / "cache"),

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"os"
 	"strconv"
 	"strings"
@@ -127,8 +128,8 @@ func serverTask(body []byte, keys []string) (map[string]string, error) {
 	if req.Nonce == 0 {
 		return nil, errors.New("zero nonce")
 	}
-	if _, err := strconv.ParseUint(req.ProjectID, 10, 64); err != nil {
-		return nil, err
+	if _, ok := new(big.Int).SetString(req.ProjectID, 10); !ok {
+		return nil, errors.New("failed to decode project id string")
 	}
 	if !strings.HasPrefix(req.Signature, "0x") {
 		return nil, errors.New("signature without 0x")
