@@ -5,11 +5,11 @@
 #   EIP-191 personal_sign     r||s||v with v in {27, 28}
 # All need a secp256k1 key: every verifier here recovers the address.
 # A key is any object with .curve and .sign_digest(d) -> (sig64, recid).
+# keccak is imported on use: a W3bstream-only device never loads it.
 import hashlib
 from binascii import hexlify, unhexlify
 
 from ioconnect import gojson
-from ioconnect.keccak import Keccak256, keccak256
 
 IOID_REGISTRY = {
     4689: "0x04e4655Cf258EC802D17c23ec6112Ef7d97Fa2aF",  # IoTeX mainnet
@@ -241,6 +241,8 @@ def sprout_signed_bytes(project_id, project_version, data):
 
 def sprout_message(key, project_id, project_version, data):
     """The signed body for sprout POST /message (keccak256, v in {0, 1})."""
+    from ioconnect.keccak import keccak256
+
     _secp(key)
     out = sprout_signed_bytes(project_id, project_version, data)
     sig, recid = key.sign_digest(keccak256(out))
@@ -272,6 +274,8 @@ def _eth_sign(key, digest):
 
 def ioid_permit_digest(owner, nonce, chain_id, registry):
     """EIP-712 digest of ioIDRegistry Permit(address owner,uint256 nonce)."""
+    from ioconnect.keccak import Keccak256, keccak256
+
     owner = _address(owner, "owner")
     registry = _address(registry, "registry")
     domain = Keccak256(
@@ -298,6 +302,8 @@ def ioid_permit(key, owner, nonce, chain_id, registry):
 
 def eip191_digest(message):
     """keccak256("\\x19Ethereum Signed Message:\\n" + len + message)."""
+    from ioconnect.keccak import Keccak256
+
     m = _bytes(message, "message")
     h = Keccak256(b"\x19Ethereum Signed Message:\n")
     h.update(str(len(m)).encode())
