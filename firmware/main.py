@@ -1,17 +1,31 @@
 # Device entry point. Says who the device is; host tools then work through the
-# agent over the raw REPL (ioconnect.agent).
+# agent over the raw REPL (ioconnect.agent), which loads only when called.
 import gc
+import sys
+
+_keep = set(sys.modules)
 
 
 def _hello():
-    from ioconnect import VERSION, agent
+    from ioconnect import VERSION, keys
 
-    state = agent._identity_state()
-    print("ioconnect", VERSION, "identity:", state.get("did", state["state"]))
+    try:
+        key = keys.KeyStore().load()
+    except keys.NoIdentityError:
+        who = "none"
+    else:
+        from ioconnect import did
+
+        who = did.did_of(key.curve, key.public_key())
+    print("ioconnect", VERSION, "identity:", who)
 
 
 try:
     _hello()
 except Exception as e:  # a broken identity must not keep the REPL from the user
     print("ioconnect: startup failed:", e)
+from ioconnect import forget
+
+forget(_keep | {"ioconnect"})
+del _keep, _hello, forget
 gc.collect()

@@ -402,9 +402,6 @@ def test_deepsleep_reboots_with_cause(sim: Sim) -> None:
     assert got == [DEEPSLEEP, 4]  # machine.TIMER_WAKE
 
 
-@pytest.mark.xfail(
-    strict=True, reason="supervisor reboots at once on the deepsleep control line (reported)"
-)
 def test_deepsleep_sleeps(sim: Sim) -> None:
     took = sim.reboot("import machine; machine.deepsleep(500)")
     assert took >= 0.5

@@ -1,7 +1,7 @@
 # The agent: the request/response API host tools call over the raw REPL.
 #
 # The host always sends the same statement, with the request as data:
-#     import ioconnect.agent as A; A.call(b'{"v":1,"id":7,"op":"info"}')
+#     __import__("ioconnect.agent").agent.call(b'{"v":1,"id":7,"op":"info"}')
 # and the agent prints exactly one frame, whatever else gets printed around it:
 #     \x1eIOC1 <length> <crc32 hex> <json>\n
 # The JSON is {"id", "ok": true, "result"} or {"id", "ok": false, "error":
@@ -139,12 +139,53 @@ def op_diddoc(req):
     return did.did_document(_key())
 
 
+def _payload(args):
+    # Data to sign arrives as text ("payload") or as hex ("payload_hex").
+    if "payload_hex" in args:
+        return _hex(args, "payload_hex")
+    return _arg(args, "payload", str).encode()
+
+
 def op_sign(req):
-    from ioconnect import sign_profiles
+    # One request per signing profile of the identity core; the answer is what
+    # the receiver checks, byte for byte.
+    from ioconnect import profiles
 
     profile = _arg(req, "profile", str)
-    args = _arg(req, "args", dict, {})
-    return sign_profiles.run(_key(), profile, args)
+    a = _arg(req, "args", dict, {})
+    key = _key()
+    if profile == "w3bstream":
+        body = profiles.w3bstream_task(
+            key,
+            _arg(a, "nonce", int),
+            _arg(a, "project_id", str),
+            _payload(a),
+            _arg(a, "project_version", str, ""),
+            tuple(_arg(a, "signed_keys", list, [])),
+        )
+        return {"request": body.decode()}
+    if profile == "sprout":
+        body = profiles.sprout_message(
+            key, _arg(a, "project_id", int), _arg(a, "project_version", str, ""), _payload(a)
+        )
+        return {"request": body.decode()}
+    if profile == "ioid":
+        chain = _arg(a, "chain_id", int, 4689)
+        registry = a.get("registry") or profiles.IOID_REGISTRY.get(chain)
+        if not isinstance(registry, str):
+            raise AgentError("bad_request", "no registry known for chain %r" % chain)
+        digest, sig = profiles.ioid_permit(key, _arg(a, "owner", str), _arg(a, "nonce", int), chain, registry)
+        return {"digest": binascii.hexlify(digest).decode(), "signature": binascii.hexlify(sig).decode()}
+    if profile == "eip191":
+        sig = profiles.personal_sign(key, _payload(a))
+        return {"signature": binascii.hexlify(sig).decode()}
+    if profile == "cose":
+        from ioconnect import cose
+
+        kid = a.get("kid")
+        token = cose.sign1(key, _payload(a), kid.encode() if isinstance(kid, str) else None)
+        return {"token": binascii.hexlify(token).decode()}
+    raise AgentError("bad_request", "unknown signing profile %r" % profile)
 
 
 def op_config_get(req):
@@ -186,9 +227,10 @@ def handle(raw):
                 "unsupported_version",
                 "device speaks agent API %d, request is %r: update the host tools" % (API, req.get("v")),
             )
-        fn = _OPS.get(req.get("op"))
+        op = req.get("op")
+        fn = _OPS.get(op) if isinstance(op, str) else None
         if fn is None:
-            raise AgentError("unknown_op", "unknown operation %r" % (req.get("op"),))
+            raise AgentError("unknown_op", "unknown operation %r" % (op,))
         return {"id": rid, "ok": True, "result": fn(req)}
     except AgentError as e:
         return {"id": rid, "ok": False, "error": {"code": e.code, "message": str(e)}}
@@ -214,4 +256,14 @@ def _code(e):
 
 
 def call(raw):
-    _frame(handle(raw))
+    # Whatever this request imported (the agent included) is unloaded after it,
+    # so the agent costs the firmware no RAM between requests.
+    keep = set(sys.modules)
+    keep.discard("ioconnect.agent")
+    try:
+        _frame(handle(raw))
+    finally:
+        from ioconnect import forget
+
+        forget(keep)
+        gc.collect()

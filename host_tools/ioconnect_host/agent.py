@@ -33,6 +33,8 @@ __all__ = [
     "identity_rotate",
     "identity_show",
     "info",
+    "parse_frame",
+    "sign",
 ]
 
 #: Agent API version this host speaks (firmware ioconnect/agent.py API).
@@ -40,6 +42,8 @@ API_VERSION = 1
 
 Curve = Literal["secp256k1", "p256", "ed25519"]
 
+#: The one statement the host ever runs for the agent; the request is data in it.
+CALL = b'__import__("ioconnect.agent").agent.call(%s)'
 _FRAME = re.compile(rb"\x1eIOC1 (\d+) ([0-9a-f]{8}) ")
 _ids = itertools.count(1)
 
@@ -57,16 +61,22 @@ class AgentError(DeviceError):
 
 
 def parse_frame(output: bytes) -> dict[str, Any]:
-    """The agent's answer inside ``output``; checks length and CRC."""
-    m = _FRAME.search(output)
-    if not m:
-        raise TransportError(f"no agent answer in the board's output: {output[-120:]!r}")
-    length, crc = int(m.group(1)), int(m.group(2), 16)
-    body = output[m.end() : m.end() + length]
-    if len(body) != length or zlib.crc32(body) != crc:
+    """The agent's answer inside ``output``: the first frame whose length and CRC hold.
+
+    Anything else the board printed (a firmware's debug print, even one that looks
+    like a frame header) is skipped.
+    """
+    damaged = False
+    for m in _FRAME.finditer(output):
+        length, crc = int(m.group(1)), int(m.group(2), 16)
+        body = output[m.end() : m.end() + length]
+        if len(body) == length and zlib.crc32(body) == crc:
+            answer: dict[str, Any] = json.loads(body)
+            return answer
+        damaged = True
+    if damaged:
         raise TransportError("the agent's answer was damaged in transit (length or CRC mismatch)")
-    answer: dict[str, Any] = json.loads(body)
-    return answer
+    raise TransportError(f"no agent answer in the board's output: {output[-120:]!r}")
 
 
 def call(board: Board, op: str, *, timeout_s: float = 30.0, **args: Any) -> Any:
@@ -78,9 +88,7 @@ def call(board: Board, op: str, *, timeout_s: float = 30.0, **args: Any) -> Any:
     """
     rid = next(_ids)
     request = json.dumps({"v": API_VERSION, "id": rid, "op": op, **args}).encode()
-    out = board.exec(
-        b"import ioconnect.agent as A;A.call(" + repr(request).encode() + b")", timeout_s=timeout_s
-    )
+    out = board.exec(CALL % repr(request).encode(), timeout_s=timeout_s)
     answer = parse_frame(out)
     if answer.get("id") != rid:
         raise TransportError(f"agent answered request {answer.get('id')}, expected {rid}")
@@ -117,6 +125,24 @@ def identity_rotate(board: Board, curve: Curve = "secp256k1") -> dict[str, Any]:
 def diddoc(board: Board) -> dict[str, Any]:
     """The device's DID document."""
     result: dict[str, Any] = call(board, "diddoc")
+    return result
+
+
+Profile = Literal["w3bstream", "sprout", "ioid", "eip191", "cose"]
+
+
+def sign(board: Board, profile: Profile, **args: Any) -> dict[str, Any]:
+    """Sign with the device key using one of the identity core's profiles.
+
+    Args (per profile; data as ``payload`` text or ``payload_hex``):
+        w3bstream: nonce, project_id (decimal str), project_version, signed_keys
+            -> {"request": the POST /v1/task body}
+        sprout: project_id (int), project_version -> {"request": the POST /message body}
+        ioid: owner ("0x…"), nonce, chain_id (4689/4690), registry -> {"digest", "signature"}
+        eip191: -> {"signature"} (65 bytes hex, v 27/28)
+        cose: kid -> {"token"} (COSE_Sign1, hex)
+    """
+    result: dict[str, Any] = call(board, "sign", profile=profile, args=args)
     return result
 
 

@@ -160,12 +160,11 @@ class SerialTransport:
                 del self._rx[: i + len(marker)]
                 return out
             now = time.monotonic()
+            if timeout_s is not None and now - start > timeout_s:
+                raise self._timeout(what, timeout_s)  # even while output keeps coming
             if self._fill():
                 last = now
-                continue
-            if timeout_s is not None and now - start > timeout_s:
-                raise self._timeout(what, timeout_s)
-            if timeout_s is None and now - last > self.byte_timeout_s:
+            elif timeout_s is None and now - last > self.byte_timeout_s:
                 raise self._timeout(what, self.byte_timeout_s)
 
     def _timeout(self, what: str, seconds: float) -> TransportError:

@@ -19,7 +19,6 @@ import errno
 import json
 import os
 import selectors
-import signal
 import subprocess
 import threading
 import time
@@ -31,13 +30,13 @@ from typing import BinaryIO, Literal
 from ioconnect_host.firmware import compile_module, host_mpy_arch
 from ioconnect_host.vm import micropython_command
 
+from .interrupt import interrupt_safely
+
 __all__ = ["RESET_CAUSES", "SimConfig", "VirtualBoard", "compile_vm_lib", "vm_dir", "write_faults"]
 
-# Exit codes of console.py / the machine shim, and what each means.
+# Exit codes of console.py: a soft reset, back in the friendly or the raw REPL.
 _EXIT_SOFT_FRIENDLY = 10
 _EXIT_SOFT_RAW = 11
-_EXIT_HARD_RESET = 12
-_EXIT_DEEPSLEEP = 13
 
 #: machine.*_RESET values as on the ports (esp32/rp2 agree on these names).
 RESET_CAUSES = {"power_on": 1, "hard": 2, "wdt": 3, "deepsleep": 4, "soft": 5}
@@ -45,6 +44,16 @@ RESET_CAUSES = {"power_on": 1, "hard": 2, "wdt": 3, "deepsleep": 4, "soft": 5}
 _CTL_PREFIX = b"\x1b[ioc "
 _OUT_LIMIT = 1 << 16  # bytes kept for a host that is not reading
 _FAULTS_SIZE = 1024
+_SIGINT_GAP_S = 0.05
+_HEAP_SLACK = 2048  # the shims' heap blocks are not packed as tightly as C statics
+_OVERHEAD: dict[tuple[str, tuple[str, ...]], int] = {}  # calibration, per shim set
+
+
+def parse_heap(text: str) -> int:
+    """``"96K"`` / ``"2M"`` / ``"98304"`` -> bytes."""
+    t = text.strip().upper()
+    scale = {"K": 1024, "M": 1024 * 1024}.get(t[-1:], 1)
+    return int(t.rstrip("KM")) * scale
 
 
 def vm_dir() -> Path:
@@ -77,6 +86,7 @@ class SimConfig:
     heap: str
     seed: int = 0
     preload: list[str] = field(default_factory=list)
+    vm_cache: Path | None = None  # compiled console/shims; shared by a fleet (default: state_dir)
 
     @property
     def flash_dir(self) -> Path:
@@ -114,8 +124,11 @@ class VirtualBoard:
         self.port = ""
         self.boots = 0
         self.last_exit: int | None = None
+        self.heap_overhead = 0  # bytes the console and shims hold inside the VM
+        self._heap = config.heap
         self._master = -1
         self._slave = -1
+        self._running = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._sel = selectors.DefaultSelector()
         self._to_vm = bytearray()
@@ -130,8 +143,14 @@ class VirtualBoard:
         self._vmlib = Path()
         self._cr = False
         self._ready = False  # the console in the current VM is running
-        self._interrupts = 0  # Ctrl-C presses waiting for the console
+        self._dying = False  # the current VM is being killed
+        self._last_sigint = 0.0
+        self._retry_at = 0.0
+        self._stdin_r = self._stdin_w = -1
+        self._pending: list[bytes | None] = []  # host input not yet given to the VM; None = Ctrl-C
         self._deepsleep_ms = 0
+        self._next = (False, "power_on")
+        self._boot_at: float | None = None  # when a sleeping/crashed board powers on again
         self._wdt_timeout_s = 0.0
         self._wdt_deadline = 0.0
 
@@ -139,14 +158,25 @@ class VirtualBoard:
     def start(self) -> str:
         """Create the serial port, power the board on, and relay in a thread."""
         cfg = self.config
+        if self._running:
+            return self.port
+        # Fresh plumbing on every start, so a stopped board can be powered on again.
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        self._stop = threading.Event()
+        self._to_vm.clear()
+        self._to_host.clear()
+        self._pending.clear()
+        self._running = True
         cfg.flash_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(cfg.state_dir / "console.log", "ab")  # noqa: SIM115 - lives with the board
-        self._vmlib = compile_vm_lib(cfg.state_dir / "vmlib")
+        self._vmlib = compile_vm_lib(cfg.vm_cache or cfg.state_dir / "vmlib")
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # no echo, no newline translation, no signals
         os.set_blocking(self._master, False)
         self.port = os.ttyname(self._slave)
         self._write_sim_json()
+        self._heap = self._vm_heap()
         self._sel.register(self._master, selectors.EVENT_READ, "host")
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._boot(raw=False, cause="power_on")
@@ -155,7 +185,10 @@ class VirtualBoard:
         return self.port
 
     def stop(self) -> None:
-        """Power off and close the port."""
+        """Power off and close the port (a no-op when not running)."""
+        if not self._running:
+            return
+        self._running = False
         self._stop.set()
         self._wake()
         if self._thread:
@@ -166,6 +199,14 @@ class VirtualBoard:
                 os.close(fd)
         if self._log:
             self._log.close()
+            self._log = None
+        self._sel.close()
+
+    @property
+    def vm_pid(self) -> int | None:
+        """Process id of the current MicroPython VM (None while rebooting)."""
+        proc = self._proc
+        return proc.pid if proc else None
 
     def wait(self) -> None:
         """Block until stop() is called (the foreground mode of ``sim start``)."""
@@ -194,6 +235,7 @@ class VirtualBoard:
             "state_dir": str(cfg.state_dir),
             "faults_path": str(cfg.state_dir / "faults.json"),
             "build_date": "2026-07-05",
+            "started_at": time.time(),
         }
         # A fresh start clears faults injected into an earlier run.
         (cfg.state_dir / "faults.json").write_bytes(b"{}".ljust(_FAULTS_SIZE))
@@ -201,31 +243,62 @@ class VirtualBoard:
         tmp.write_text(json.dumps(data))
         tmp.replace(cfg.state_dir / "sim.json")
 
+    def _env(self, cause: str) -> dict[str, str]:
+        return dict(
+            os.environ,
+            MICROPYPATH=str(self._vmlib),
+            IOCONNECT_SIM=str(self.config.state_dir / "sim.json"),
+            IOCONNECT_RESET_CAUSE=str(RESET_CAUSES[cause]),
+        )
+
+    def _vm_heap(self) -> str:
+        """The board's budget plus what console and shims hold (C code on a board)."""
+        cfg = self.config
+        key = (str(self._vmlib), tuple(cfg.preload))
+        overhead = _OVERHEAD.get(key)
+        if overhead is None:
+            code = f"import console; console.calibrate({str(cfg.flash_dir)!r})"
+            done = subprocess.run(
+                [*micropython_command("4M"), "-c", code],
+                capture_output=True,
+                env=self._env("power_on"),
+                cwd=cfg.state_dir,
+                timeout=60,
+                check=False,
+            )
+            for line in done.stderr.splitlines():
+                if line.startswith(_CTL_PREFIX + b"overhead "):
+                    overhead = int(line.split()[-1])
+            if overhead is None:
+                raise RuntimeError(f"virtual board calibration failed: {done.stderr[-300:]!r}")
+            _OVERHEAD[key] = overhead
+        self.heap_overhead = overhead
+        return f"{parse_heap(cfg.heap) + overhead + _HEAP_SLACK}"
+
     def _boot(self, raw: bool, cause: str) -> None:
         cfg = self.config
         soft = cause == "soft"
         code = f"import console; console.start({str(cfg.flash_dir)!r}, {raw}, {soft})"
-        env = dict(
-            os.environ,
-            MICROPYPATH=str(self._vmlib),
-            IOCONNECT_SIM=str(cfg.state_dir / "sim.json"),
-            IOCONNECT_RESET_CAUSE=str(RESET_CAUSES[cause]),
-        )
+        # Our own stdin pipe, whose read end we keep too: bytes the VM never read
+        # before it died are taken back and given to the next VM (a board's USB
+        # buffer survives its soft reset); nothing the host typed is lost.
+        self._stdin_r, self._stdin_w = os.pipe()
         self._proc = subprocess.Popen(
-            [*micropython_command(cfg.heap), "-c", code],
-            stdin=subprocess.PIPE,
+            [*micropython_command(self._heap), "-c", code],
+            stdin=self._stdin_r,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cfg.state_dir,
-            env=env,
+            env=self._env(cause),
             start_new_session=True,  # a Ctrl-C in the user's terminal is not the board's
         )
-        assert self._proc.stdin and self._proc.stdout and self._proc.stderr
+        assert self._proc.stdout and self._proc.stderr
         for stream, what in ((self._proc.stdout, "out"), (self._proc.stderr, "err")):
             os.set_blocking(stream.fileno(), False)
             self._sel.register(stream.fileno(), selectors.EVENT_READ, what)
-        os.set_blocking(self._proc.stdin.fileno(), False)
+        os.set_blocking(self._stdin_w, False)  # not the read end: the VM shares its flags
         self._ready = False
+        self._dying = False
         self._wdt_timeout_s = 0.0  # a reset stops the watchdog, as on the chips
         self.boots += 1
 
@@ -242,14 +315,23 @@ class VirtualBoard:
         proc = self._proc
         if proc is None:
             return
-        assert proc.stdout and proc.stderr and proc.stdin
+        assert proc.stdout and proc.stderr
         for stream in (proc.stdout, proc.stderr):
             with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(stream.fileno())
         # Output already written by the VM still reaches the host, as a UART drains.
         with contextlib.suppress(OSError, ValueError):
             self._host_out(proc.stdout.read() or b"")
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
+        unread = bytearray()
+        with contextlib.suppress(OSError):
+            os.set_blocking(self._stdin_r, False)  # the VM is gone: nobody else reads it
+            while chunk := os.read(self._stdin_r, 65536):
+                unread += chunk
+        self._to_vm[:0] = unread
+        for fd in (self._stdin_r, self._stdin_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for stream in (proc.stdout, proc.stderr):
             with contextlib.suppress(OSError):
                 stream.close()
         self._proc = None
@@ -262,7 +344,13 @@ class VirtualBoard:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._flush()
-            for key, _ in self._sel.select(timeout=0.2):
+            timeout = 0.2
+            if self._boot_at is not None:
+                timeout = max(0.0, min(timeout, self._boot_at - time.monotonic()))
+            if self._pending:
+                self._pump()
+                timeout = max(0.0, min(timeout, self._retry_at - time.monotonic()))
+            for key, _ in self._sel.select(timeout=timeout):
                 what = key.data
                 if what == "wake":
                     os.read(self._wake_r, 512)
@@ -288,21 +376,36 @@ class VirtualBoard:
                 time.sleep(0.01)
                 return
             raise
+        # Keep bytes and Ctrl-Cs in order: nothing typed after a Ctrl-C reaches the
+        # VM before that interrupt has been delivered.
         parts = data.split(b"\x03")
         for i, part in enumerate(parts):
-            self._to_vm += part
+            if part:
+                self._pending.append(part)
             if i < len(parts) - 1:
-                # A Ctrl-C interrupts after the bytes sent before it are delivered.
-                self._flush()
-                self._interrupts += 1
-        self._deliver_interrupts()
+                self._pending.append(None)
+        self._pump()
 
-    def _deliver_interrupts(self) -> None:
-        # Until the console is up, SIGINT would hit the launcher, not the VM: hold it.
-        if self._interrupts and self._ready and self._proc:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._proc.pid, signal.SIGINT)
-            self._interrupts = 0
+    def _pump(self) -> None:
+        while self._pending:
+            item = self._pending[0]
+            if item is None:
+                # Until the console is up, SIGINT would hit the launcher, not the VM.
+                if not (self._ready and self._proc) or self._dying:
+                    return
+                # The unix port exits on a second SIGINT that lands before the first
+                # was handled (a board just keeps one pending): space them out.
+                wait = self._last_sigint + _SIGINT_GAP_S - time.monotonic()
+                if wait > 0:
+                    self._retry_at = time.monotonic() + wait
+                    return
+                self._flush()
+                with contextlib.suppress(ProcessLookupError):
+                    interrupt_safely(self._proc.pid)
+                self._last_sigint = time.monotonic()
+            else:
+                self._to_vm += item
+            self._pending.pop(0)
 
     def _from_vm(self) -> None:
         proc = self._proc
@@ -353,7 +456,7 @@ class VirtualBoard:
         word, _, arg = msg.partition(" ")
         if word == "up":
             self._ready = True
-            self._deliver_interrupts()
+            self._pump()
         elif word in ("reset", "soft", "deepsleep"):
             # machine.reset()/soft_reset()/deepsleep() never return on a board:
             # the shim blocks and the board is rebooted from here.
@@ -368,7 +471,14 @@ class VirtualBoard:
 
     def _restart(self, raw: bool, cause: str) -> None:
         with self._lock:
+            if self._proc is None:  # asleep or between boots: power on now
+                self._next, self._boot_at = (raw, cause), time.monotonic()
+                self._wake()
+                return
             self._pending_boot = (raw, cause)
+            # Hold the host's input and Ctrl-Cs for the next VM, not this dying one.
+            self._ready = False
+            self._dying = True
             if self._proc:
                 self._proc.kill()
 
@@ -381,10 +491,9 @@ class VirtualBoard:
         write_faults(self.config.state_dir, faults)
 
     def _flush(self) -> None:
-        proc = self._proc
-        if self._to_vm and proc and proc.stdin:
+        if self._to_vm and self._proc and not self._dying:
             try:
-                n = os.write(proc.stdin.fileno(), self._to_vm)
+                n = os.write(self._stdin_w, self._to_vm)
                 del self._to_vm[:n]
             except (BlockingIOError, BrokenPipeError):
                 pass
@@ -398,33 +507,35 @@ class VirtualBoard:
     def _check_vm(self) -> None:
         with self._lock:
             proc = self._proc
-            if proc is None or proc.poll() is None:
+            if proc is not None and proc.poll() is not None:
+                code = proc.returncode
+                self.last_exit = code
+                self._reap()
+                pending, self._pending_boot = self._pending_boot, None
+                raw, cause, delay_s = self._next_boot(code, pending)
+                self._next = (raw, cause)
+                self._boot_at = time.monotonic() + delay_s if delay_s >= 0 else None
+            due = self._proc is None and self._boot_at is not None
+            if not due or self._stop.is_set() or time.monotonic() < (self._boot_at or 0):
                 return
-            code = proc.returncode
-            self.last_exit = code
-            self._reap()
-            pending, self._pending_boot = self._pending_boot, None
-        if self._stop.is_set():
-            return
-        raw, cause = self._next_boot(code, pending)
-        self._boot(raw=raw, cause=cause)
+            self._boot_at = None
+        self._boot(raw=self._next[0], cause=self._next[1])
 
-    def _next_boot(self, code: int, pending: tuple[bool, str] | None) -> tuple[bool, str]:
+    def _next_boot(self, code: int, pending: tuple[bool, str] | None) -> tuple[bool, str, float]:
+        """(raw REPL?, reset cause, seconds until power-on; -1: only a power cut wakes it)."""
         if pending is not None:
-            return pending
+            raw, cause = pending
+            if cause == "deepsleep":
+                return raw, cause, self._deepsleep_ms / 1000 if self._deepsleep_ms else -1
+            return raw, cause, 0
         if code == _EXIT_SOFT_FRIENDLY:
-            return False, "soft"
+            return False, "soft", 0
         if code == _EXIT_SOFT_RAW:
-            return True, "soft"
-        if code == _EXIT_DEEPSLEEP:
-            time.sleep(self._deepsleep_ms / 1000)
-            return False, "deepsleep"
-        if code != _EXIT_HARD_RESET:
-            # The VM died (console bug, killed): reboot like a watchdog, but not in a tight loop.
-            if self._log:
-                self._log.write(f"[sim] VM exited with status {code}; rebooting\n".encode())
-            time.sleep(0.5)
-        return False, "hard"
+            return True, "soft", 0
+        # The VM died (console bug, killed): reboot like a watchdog, not in a tight loop.
+        if self._log:
+            self._log.write(f"[sim] VM exited with status {code}; rebooting\n".encode())
+        return False, "hard", 0.5
 
 
 Mode = Literal["friendly", "raw"]

@@ -278,12 +278,22 @@ def friendly_repl():
 # -- power-on ---------------------------------------------------------------
 
 
+def calibrate(flash):
+    # What the console and shims hold after power-on: on a board they are C code
+    # in flash, so the supervisor adds this to the heap the firmware gets.
+    import gc
+
+    board.power_on(flash, False)
+    gc.collect()
+    board.ctl("overhead %d" % gc.mem_alloc())
+
+
 def start(flash, raw, soft):
     board.power_on(flash, soft)
-    board.ctl("up")
-    if soft:
-        w(b"MPY: soft reboot\r\n")
     try:
+        board.ctl("up")  # from here on a Ctrl-C arrives as KeyboardInterrupt
+        if soft:
+            w(b"MPY: soft reboot\r\n")
         if not run_file("boot.py") or (not raw and not run_file("main.py")):
             sys.exit(_SOFT_FRIENDLY)  # SystemExit in boot.py/main.py: a board soft-resets
     except KeyboardInterrupt:

@@ -1,0 +1,119 @@
+"""Deliver Ctrl-C to the MicroPython VM as SIGINT, only where it is safe.
+
+The unix port from PyPI is built with threads and asynchronous keyboard
+interrupts: its SIGINT handler longjmps out of whatever C code runs. Landing in
+the middle of an allocation or a qstr insertion leaves that subsystem's mutex
+locked, and the VM deadlocks on its next allocation. A board has no such hazard:
+it only raises KeyboardInterrupt between bytecodes.
+
+So before signalling, the VM is stopped (SIGSTOP) and looked at through
+/proc: it is safe while it waits in a blocking system call (reading the
+console, sleeping, waiting on a socket) or while its program counter is inside
+the bytecode loop, which holds no lock. Otherwise it is resumed and tried again
+a moment later. Linux on x86-64; elsewhere the signal is sent as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import platform
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+__all__ = ["interrupt_safely"]
+
+# x86-64 system calls during which the VM holds none of its own locks.
+_SAFE_SYSCALLS = frozenset(
+    {
+        0,  # read (console input)
+        7,  # poll
+        23,  # select
+        35,  # nanosleep (time.sleep)
+        42,  # connect
+        43,  # accept
+        45,  # recvfrom
+        61,  # wait4 (os.system)
+        230,  # clock_nanosleep
+        232,  # epoll_wait
+        270,  # pselect6
+        271,  # ppoll
+        281,  # epoll_pwait
+        288,  # accept4
+    }
+)
+_SAFE_FUNCTIONS = ("mp_execute_bytecode",)
+
+
+@functools.lru_cache(maxsize=4)
+def _symbol_ranges(library: str) -> tuple[tuple[int, int], ...]:
+    """(offset, size) of the safe functions in the VM's shared library."""
+    try:
+        out = subprocess.run(
+            ["nm", "-S", "--defined-only", library], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ()
+    ranges = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[3] in _SAFE_FUNCTIONS:
+            ranges.append((int(parts[0], 16), int(parts[1], 16)))
+    return tuple(ranges)
+
+
+def _safe_pc_ranges(pid: int) -> list[tuple[int, int]]:
+    """Absolute [start, end) of the safe functions in process ``pid``."""
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and "micropython_run" in fields[5] and int(fields[2], 16) == 0:
+            base = int(fields[0].split("-")[0], 16)
+            return [(base + off, base + off + size) for off, size in _symbol_ranges(fields[5])]
+    return []
+
+
+def _stopped(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rpartition(")")[2].split()[0] in ("T", "t")
+
+
+def _where(pid: int) -> tuple[int, int]:
+    """(system call number or -1, program counter) of a stopped process."""
+    fields = Path(f"/proc/{pid}/syscall").read_text().split()
+    if fields[0] == "running":
+        return -2, 0
+    return int(fields[0]), int(fields[-1], 16)
+
+
+def interrupt_safely(pid: int, *, patience_s: float = 0.5) -> bool:
+    """Send SIGINT to the VM ``pid`` at a safe point; True if one was found.
+
+    After ``patience_s`` without a safe point the signal is sent anyway (a
+    program that never reaches the bytecode loop could not be stopped otherwise).
+    """
+    if platform.machine() != "x86_64" or not Path(f"/proc/{pid}/syscall").exists():
+        os.kill(pid, signal.SIGINT)
+        return False
+    safe_pcs = _safe_pc_ranges(pid)
+    deadline = time.monotonic() + patience_s
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            while not _stopped(pid):
+                time.sleep(0.0001)
+            nr, pc = _where(pid)
+            safe = nr in _SAFE_SYSCALLS or (nr == -1 and any(a <= pc < b for a, b in safe_pcs))
+            if safe or time.monotonic() > deadline:
+                os.kill(pid, signal.SIGINT)  # taken when the VM resumes, right there
+                return safe
+        except (OSError, ValueError, IndexError):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
+            return False
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        time.sleep(0.001)
