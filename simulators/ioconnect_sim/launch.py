@@ -18,6 +18,7 @@ import contextlib
 import functools
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -110,6 +111,15 @@ def find_running(name: str) -> RunningBoard:
     raise SimError(f"no virtual board named {name!r} is running", hint="see `ioconnect sim list`")
 
 
+@functools.lru_cache(maxsize=1)
+def _allow_many_files() -> None:
+    # About ten descriptors per board (pty, pipes, log): a fleet of 100 needs more
+    # than the common soft limit of 1024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 @functools.lru_cache(maxsize=4)
 def _firmware_for(arch: str, fingerprint: tuple[tuple[str, float], ...]) -> list[FirmwareFile]:
     return build_firmware(mpy_arch=arch)
@@ -152,6 +162,7 @@ def start_board(
         if rec.name == name and rec.pid != os.getpid():
             raise SimError(f"a virtual board named {name!r} is already running on {rec.port}")
     spec = load_board(board)
+    _allow_many_files()
     state = state_dir or default_state_dir(name)
     state.mkdir(parents=True, exist_ok=True)
     config = SimConfig(
@@ -212,6 +223,9 @@ def start_detached(
     Raises:
         SimError: it did not come up within ``timeout_s`` (its log is named).
     """
+    for rec in list_running():
+        if rec.name == name:
+            raise SimError(f"a virtual board named {name!r} is already running on {rec.port}")
     state = state_dir or default_state_dir(name)
     state.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "ioconnect_sim", "--board", board, "--name", name]

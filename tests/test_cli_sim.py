@@ -1,0 +1,107 @@
+"""``ioconnect sim start|list|fault|stop`` with detached boards (real processes, real ptys)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ioconnect_host import agent
+from ioconnect_host.cli import main
+from ioconnect_host.transport import SerialTransport, TransportError
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("IOCONNECT_HOME", str(tmp_path))
+    yield tmp_path
+    main(["sim", "stop", "cli-dev"])  # never leave a detached board behind
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_detached_board_lifecycle(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "sim", "start", "--board", "rpi-pico", "--name", "cli-dev", "--detach", "--json"
+    )
+    assert code == 0
+    started = json.loads(out)
+    assert started["name"] == "cli-dev" and started["port"].startswith("/dev/pts/")
+    assert Path(started["state_dir"]) == home / "sims" / "cli-dev"
+
+    code, out, _ = run(capsys, "sim", "list", "--json")
+    [listed] = json.loads(out)
+    assert listed["port"] == started["port"] and listed["board"] == "rpi-pico"
+
+    # one board per name: a second start is refused with one line
+    code, _, err = run(
+        capsys, "sim", "start", "--board", "rpi-pico", "--name", "cli-dev", "--detach"
+    )
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"ioconnect: error: a virtual board named 'cli-dev' is already running on {started['port']}"
+    ]
+
+    with SerialTransport(started["port"]) as t:
+        assert agent.info(t)["board"] == "rpi-pico"
+        t.exec("marker = 123")  # lives in RAM: a power cut loses it
+
+    # a power cut from another process: the board boots again with a power-on reset
+    code, out, _ = run(capsys, "sim", "fault", "cli-dev", "--power-cut", "--sensor", "temperature")
+    assert code == 0 and "power cut" in out
+    deadline = time.monotonic() + 10
+    cause = None
+    while cause is None and time.monotonic() < deadline:
+        try:
+            with SerialTransport(started["port"]) as t:
+                t.exec("import machine")
+                cause = t.eval("machine.reset_cause()")
+                kept = t.eval("'marker' in globals()")
+                _, err = t.exec_raw("machine.ADC(4).read_u16()")  # the RP2040 sensor, now failing
+        except TransportError:  # still rebooting
+            time.sleep(0.1)
+    assert cause == 1  # PWRON_RESET
+    assert kept is False
+    assert b"EIO" in err or b"OSError: 5" in err
+
+    code, out, _ = run(capsys, "sim", "stop", "cli-dev")
+    assert code == 0 and out.strip() == "stopped cli-dev"
+    code, out, _ = run(capsys, "sim", "list")
+    assert out.strip() == "no virtual boards running"
+    code, _, err = run(capsys, "sim", "stop", "cli-dev")
+    assert code == 1 and "no virtual board named 'cli-dev' is running" in err
+
+
+def test_unknown_board_is_a_usage_error(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "sim", "start", "--board", "arduino-uno")
+    assert code == 2
+    assert "invalid choice: 'arduino-uno'" in err
+
+
+def test_foreground_start_prints_port_and_stops_on_sigint(home: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ioconnect_host.cli", "sim", "start", "--board", "esp32",
+         "--name", "cli-fg"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("cli-fg (esp32) serial port: /dev/pts/")
+        port = line.rsplit(" ", 1)[1].strip()
+        with SerialTransport(port) as t:
+            assert t.eval("6*7") == 42
+        proc.send_signal(2)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
