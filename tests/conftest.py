@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -32,13 +33,21 @@ def run_device(
             (root / "cases.json").write_text(json.dumps(cases))
         out = run_script(code, fs_dir=root, heap=heap)
     results = []
-    for line in out.splitlines():
+    for line in out.split("\n"):  # not splitlines(): U+2028 inside JSON is not a line break
+        if not line:
+            continue
         try:
             results.append(json.loads(line))
         except ValueError as exc:
             msg = f"device printed a non-JSON line: {line!r}\nfull output:\n{out}"
             raise AssertionError(msg) from exc
     return results
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Virtual boards' registry and caches go to a temp folder, not ~/.ioconnect."""
+    os.environ["IOCONNECT_HOME"] = str(tmp_path_factory.mktemp("ioconnect-home"))
 
 
 @pytest.fixture
