@@ -12,8 +12,10 @@ import ast
 import datetime as dt
 import json
 import os
+import socket
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -343,6 +345,61 @@ WAIT = (
     "while not w.isconnected() and time.ticks_diff(time.ticks_ms(), t0) < 3000:\n"
     "    time.sleep_ms(20)\n"
 )
+
+
+@pytest.fixture
+def echo_server() -> Iterator[int]:
+    """A real TCP echo server on loopback; yields its port."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                try:
+                    while data := conn.recv(1024):
+                        conn.sendall(data)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    thread.join(timeout=2)
+    srv.close()
+
+
+def test_sockets_follow_the_wifi_link(sim: Sim, echo_server: int) -> None:
+    if sim.board.network == "none":
+        pytest.skip("no Wi-Fi on this board")
+    # Before the station joins, nothing is reachable, as on a board.
+    err = sim.error(f"import socket\nsocket.getaddrinfo('127.0.0.1', {echo_server})")
+    assert "113" in err or "EHOSTUNREACH" in err
+    open_socket = (
+        "import network, socket, time\n"
+        "w = network.WLAN(network.STA_IF)\nw.active(True)\nw.connect('ioconnect-sim', '')\n"
+        + WAIT.replace("import time, network\n", "")
+        + f"s = socket.socket()\ns.connect(socket.getaddrinfo('127.0.0.1', {echo_server})[0][-1])\n"
+    )
+    assert sim.run(open_socket + "s.write(b'ping')\nprint(repr(s.read(4)))") == [b"ping"]
+    # The link drops: the open socket fails on its next use, new ones cannot connect.
+    sim.vb.set_fault(wifi="down")
+    try:
+        err = sim.error("s.write(b'again')")
+        assert "103" in err or "ECONNABORTED" in err
+        err = sim.error(f"socket.socket().connect(('127.0.0.1', {echo_server}))")
+        assert "113" in err or "EHOSTUNREACH" in err
+    finally:
+        sim.vb.set_fault(wifi="up")
+    # With the link back (after the rejoin), a new socket works.
+    assert sim.run(open_socket + "s.write(b'back')\nprint(repr(s.read(4)))") == [b"back"]
 
 
 def test_wifi_loss_and_return(sim: Sim) -> None:

@@ -41,6 +41,7 @@ class Curve:
         self._f = None  # open table file, or False when there is none
         self._w = 0
         self._buf = bytearray(_PT)
+        self._naf = bytearray(264)  # width-4 NAF digits of a scalar below n
 
     # -- affine helpers -------------------------------------------------
     def on_curve(self, x, y):
@@ -209,7 +210,10 @@ class Curve:
         odd = [P]
         for _ in range(3):
             odd.append(self.add(odd[-1], P2))
-        naf = []
+        # Digits (offset by 8) go into a buffer made once per curve: a list of
+        # 257 ints would need a 4 KB block that a fragmented heap may not have.
+        naf = self._naf
+        n = 0
         while k:
             if k & 1:
                 d = k & 15
@@ -218,12 +222,13 @@ class Curve:
                 k -= d
             else:
                 d = 0
-            naf.append(d)
+            naf[n] = d + 8
+            n += 1
             k >>= 1
         acc = (1, 1, 0)
-        for i in range(len(naf) - 1, -1, -1):
+        for i in range(n - 1, -1, -1):
             acc = self.dbl(acc)
-            d = naf[i]
+            d = naf[i] - 8
             if d > 0:
                 acc = self.add(acc, odd[d >> 1])
             elif d < 0:

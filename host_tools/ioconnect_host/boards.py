@@ -190,7 +190,7 @@ class Board:
         """
         mods = ["_sensors", "machine"]
         if self.network == "wifi":
-            mods.append("network")
+            mods += ["network", "socket"]
         if self.port == "esp32":
             mods.append("esp32")
         return mods

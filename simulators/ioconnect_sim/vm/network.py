@@ -6,7 +6,7 @@
 # (isconnected() False, status() the port's "AP lost" code); when "up" again a
 # station that was asked to connect rejoins by itself, as the esp32 port's
 # default reconnects=-1 does. Joining takes _JOIN_MS, as a DHCP lease does.
-# Sockets are the unix port's and are not cut by the fault.
+# Sockets (socket.py beside this file) follow the link.
 import time
 
 import _sensors as _s
