@@ -51,6 +51,7 @@ UsbRole = Literal["serial", "bootloader"]
 LedKind = Literal["gpio", "ws2812"]
 TemperatureSource = Literal["esp32_raw_temperature", "esp32_mcu_temperature", "rp2_adc4"]
 SensorModel = Literal["sht3x", "bme280"]
+MpyArch = Literal["xtensawin", "armv6m", "rv32imc"]
 
 _PORTS: tuple[Port, ...] = ("esp32", "rp2")
 _NETWORKS: tuple[Network, ...] = ("wifi", "none")
@@ -63,6 +64,7 @@ _SOURCES: tuple[TemperatureSource, ...] = (
     "rp2_adc4",
 )
 _MODELS: tuple[SensorModel, ...] = ("sht3x", "bme280")
+_ARCHES: tuple[MpyArch, ...] = ("xtensawin", "armv6m", "rv32imc")
 _OUI = re.compile(r"^[0-9a-f]{2}:[0-9a-f]{2}:[0-9a-f]{2}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -155,6 +157,7 @@ class Board:
     chip: str
     port: Port
     platform: str
+    mpy_arch: MpyArch  # mpy-cross -march for compiling the firmware for this chip
     board_name: str
     mcu_name: str
     heap_kib: int
@@ -395,6 +398,7 @@ def _parse(data: Mapping[str, object], label: str, path: Path) -> Board:
     chip = top.get_str("chip", _NAME)
     port = cast(Port, top.get_choice("port", _PORTS))
     platform = top.get_str("platform", _NAME)
+    mpy_arch = cast(MpyArch, top.get_choice("mpy_arch", _ARCHES))
     board_name = top.get_str("board_name")
     mcu_name = top.get_str("mcu_name")
     heap_kib = top.get_int("heap_kib", 16, 8192)
@@ -428,6 +432,7 @@ def _parse(data: Mapping[str, object], label: str, path: Path) -> Board:
         chip=chip,
         port=port,
         platform=platform,
+        mpy_arch=mpy_arch,
         board_name=board_name,
         mcu_name=mcu_name,
         heap_kib=heap_kib,
