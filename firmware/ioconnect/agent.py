@@ -26,11 +26,22 @@ class AgentError(Exception):
         self.code = code
 
 
+_OOM = '{"id": %s, "ok": false, "error": {"code": "no_memory", "message": "out of memory"}}'
+
+
 def _frame(obj):
-    body = json.dumps(obj).encode()
-    head = "\x1eIOC1 %d %08x " % (len(body), binascii.crc32(body) & 0xFFFFFFFF)
     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout
-    out.write(head.encode() + body + b"\n")
+    try:
+        body = json.dumps(obj).encode()
+    except MemoryError:
+        rid = obj.get("id")
+        obj = None
+        gc.collect()
+        body = (_OOM % json.dumps(rid)).encode()  # an answer, never a traceback
+    head = "\x1eIOC1 %d %08x " % (len(body), binascii.crc32(body) & 0xFFFFFFFF)
+    out.write(head.encode())
+    out.write(body)
+    out.write(b"\n")
 
 
 def _arg(req, name, kind, default=None):

@@ -74,7 +74,12 @@ def put(key, val, path=PATH):
     # val None removes the setting.
     if key not in SCHEMA:
         raise ConfigError("unknown setting %r" % (key,))
-    data = load(path)
+    try:
+        data = load(path)
+    except ConfigError:
+        # A corrupt file must not lock the settings: keep it aside, start afresh.
+        os.rename(path, path + ".bad")
+        data = {}
     if val is None:
         data.pop(key, None)
     else:

@@ -60,20 +60,27 @@ class AgentError(DeviceError):
     """The agent answered with a typed error (``code``: e.g. ``no_identity``)."""
 
 
-def parse_frame(output: bytes) -> dict[str, Any]:
-    """The agent's answer inside ``output``: the first frame whose length and CRC hold.
+def parse_frame(output: bytes, rid: int | None = None) -> dict[str, Any]:
+    """The agent's answer inside ``output``: the first frame whose length and CRC
+    hold (and whose id is ``rid``, if given).
 
     Anything else the board printed (a firmware's debug print, even one that looks
-    like a frame header) is skipped.
+    like a frame header, or another frame) is skipped.
     """
     damaged = False
     for m in _FRAME.finditer(output):
         length, crc = int(m.group(1)), int(m.group(2), 16)
         body = output[m.end() : m.end() + length]
-        if len(body) == length and zlib.crc32(body) == crc:
-            answer: dict[str, Any] = json.loads(body)
+        if len(body) != length or zlib.crc32(body) != crc:
+            damaged = True
+            continue
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            damaged = True
+            continue
+        if isinstance(answer, dict) and (rid is None or answer.get("id") == rid):
             return answer
-        damaged = True
     if damaged:
         raise TransportError("the agent's answer was damaged in transit (length or CRC mismatch)")
     raise TransportError(f"no agent answer in the board's output: {output[-120:]!r}")
@@ -89,9 +96,7 @@ def call(board: Board, op: str, *, timeout_s: float = 30.0, **args: Any) -> Any:
     rid = next(_ids)
     request = json.dumps({"v": API_VERSION, "id": rid, "op": op, **args}).encode()
     out = board.exec(CALL % repr(request).encode(), timeout_s=timeout_s)
-    answer = parse_frame(out)
-    if answer.get("id") != rid:
-        raise TransportError(f"agent answered request {answer.get('id')}, expected {rid}")
+    answer = parse_frame(out, rid)
     if not answer.get("ok"):
         err = answer.get("error") or {}
         raise AgentError(str(err.get("code", "error")), str(err.get("message", "")))

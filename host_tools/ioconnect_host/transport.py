@@ -98,11 +98,18 @@ class SerialTransport:
         self._use_raw_paste = True
         self.in_raw_repl = False
         try:
+            # write_timeout: a board that stops reading must not hang the host.
             if "://" in port:
-                self._serial = serial.serial_for_url(port, baudrate=baudrate, timeout=0.05)
+                self._serial = serial.serial_for_url(
+                    port, baudrate=baudrate, timeout=0.05, write_timeout=byte_timeout_s
+                )
             else:
                 self._serial = serial.Serial(
-                    port, baudrate=baudrate, timeout=0.05, exclusive=exclusive
+                    port,
+                    baudrate=baudrate,
+                    timeout=0.05,
+                    write_timeout=byte_timeout_s,
+                    exclusive=exclusive,
                 )
         except (serial.SerialException, OSError, ValueError) as exc:
             raise PortError(
@@ -132,6 +139,8 @@ class SerialTransport:
         try:
             self._serial.write(data)
             self._serial.flush()
+        except serial.SerialTimeoutException as exc:
+            raise PortError(f"{self.port}: the board stopped reading", hint="reset it?") from exc
         except (serial.SerialException, OSError) as exc:
             raise PortError(
                 f"{self.port}: write failed: {exc}", hint="was the board unplugged?"
@@ -187,10 +196,15 @@ class SerialTransport:
 
     def _drain(self, quiet_s: float = 0.05) -> None:
         """Discard output until the board has been quiet for ``quiet_s``."""
-        last = time.monotonic()
+        start = last = time.monotonic()
         while time.monotonic() - last < quiet_s:
             if self._fill():
                 last = time.monotonic()
+            if last - start > self.byte_timeout_s:
+                raise TransportError(
+                    f"{self.port}: the board keeps printing and does not stop on Ctrl-C",
+                    hint="is it in a boot loop, or does its program catch KeyboardInterrupt?",
+                )
         self._rx.clear()
 
     # -- raw REPL ----------------------------------------------------------
@@ -221,6 +235,15 @@ class SerialTransport:
         """Run ``code`` and return (stdout, traceback text); the board's prompt is consumed."""
         if not self.in_raw_repl:
             self.enter_raw_repl()
+        try:
+            return self._exec_raw(code, timeout_s)
+        except TransportError:
+            # Out of step with the board: the next call starts over with Ctrl-C.
+            self.in_raw_repl = False
+            self._rx.clear()
+            raise
+
+    def _exec_raw(self, code: str | bytes, timeout_s: float) -> tuple[bytes, bytes]:
         data = code.encode() if isinstance(code, str) else code
         if self._use_raw_paste:
             self._write(_RAW_PASTE)

@@ -21,6 +21,7 @@ import os
 import platform
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -75,9 +76,13 @@ def _safe_pc_ranges(pid: int) -> list[tuple[int, int]]:
     return []
 
 
-def _stopped(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rpartition(")")[2].split()[0] in ("T", "t")
+def _state(pid: int) -> str:
+    """The process state letter (R, S, T, Z...); "X" if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "X"
+    return stat.rpartition(")")[2].split()[0]
 
 
 def _where(pid: int) -> tuple[int, int]:
@@ -86,6 +91,15 @@ def _where(pid: int) -> tuple[int, int]:
     if fields[0] == "running":
         return -2, 0
     return int(fields[0]), int(fields[-1], 16)
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_once() -> None:
+    print(
+        "ioconnect-sim: warning: no symbols for the VM's bytecode loop (is binutils' nm "
+        "installed?); Ctrl-C of a busy program may deadlock the VM",
+        file=sys.stderr,
+    )
 
 
 def interrupt_safely(pid: int, *, patience_s: float = 0.5) -> bool:
@@ -98,11 +112,18 @@ def interrupt_safely(pid: int, *, patience_s: float = 0.5) -> bool:
         os.kill(pid, signal.SIGINT)
         return False
     safe_pcs = _safe_pc_ranges(pid)
+    if not safe_pcs:
+        _warn_once()
     deadline = time.monotonic() + patience_s
     while True:
-        os.kill(pid, signal.SIGSTOP)
         try:
-            while not _stopped(pid):
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            return False
+        try:
+            while (state := _state(pid)) not in ("T", "t"):
+                if state in ("Z", "X") or time.monotonic() > deadline:
+                    return False  # the VM died (power cut, reset) or will not stop
                 time.sleep(0.0001)
             nr, pc = _where(pid)
             safe = nr in _SAFE_SYSCALLS or (nr == -1 and any(a <= pc < b for a, b in safe_pcs))

@@ -75,13 +75,12 @@ def _record_path(name: str) -> Path:
 
 
 def _alive(pid: int) -> bool:
+    """True if ``pid`` is a virtual-board supervisor (not a process that got its number)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return b"ioconnect" in cmdline
 
 
 def list_running() -> list[RunningBoard]:

@@ -137,13 +137,14 @@ class VirtualBoard:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._wake_r, self._wake_w = os.pipe()
+        self._wake_r = self._wake_w = -1  # made by start()
         self._pending_boot: tuple[bool, str] | None = None
         self._log: BinaryIO | None = None
         self._vmlib = Path()
         self._cr = False
         self._ready = False  # the console in the current VM is running
         self._dying = False  # the current VM is being killed
+        self._user_running = False  # user code (not the console) is running in the VM
         self._last_sigint = 0.0
         self._retry_at = 0.0
         self._stdin_r = self._stdin_w = -1
@@ -197,6 +198,8 @@ class VirtualBoard:
         for fd in (self._master, self._slave, self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        # Closed numbers get reused by other files: never write to them again.
+        self._master = self._slave = self._wake_r = self._wake_w = -1
         if self._log:
             self._log.close()
             self._log = None
@@ -214,6 +217,8 @@ class VirtualBoard:
 
     def power_cut(self) -> None:
         """Kill the VM where it stands, then boot again from the same flash."""
+        if not self._running:
+            return
         self._restart(False, "power_on")
         self._wake()
 
@@ -299,6 +304,7 @@ class VirtualBoard:
         os.set_blocking(self._stdin_w, False)  # not the read end: the VM shares its flags
         self._ready = False
         self._dying = False
+        self._user_running = False
         self._wdt_timeout_s = 0.0  # a reset stops the watchdog, as on the chips
         self.boots += 1
 
@@ -338,8 +344,9 @@ class VirtualBoard:
 
     # -- relay loop --------------------------------------------------------
     def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        if self._wake_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -393,6 +400,12 @@ class VirtualBoard:
                 # Until the console is up, SIGINT would hit the launcher, not the VM.
                 if not (self._ready and self._proc) or self._dying:
                     return
+                if not self._user_running:
+                    # The console is reading input: Ctrl-C is a character there,
+                    # and in band it keeps its place after what was typed before.
+                    self._to_vm += b"\x03"
+                    self._pending.pop(0)
+                    continue
                 # The unix port exits on a second SIGINT that lands before the first
                 # was handled (a board just keeps one pending): space them out.
                 wait = self._last_sigint + _SIGINT_GAP_S - time.monotonic()
@@ -457,6 +470,8 @@ class VirtualBoard:
         if word == "up":
             self._ready = True
             self._pump()
+        elif word in ("run", "idle"):
+            self._user_running = word == "run"
         elif word in ("reset", "soft", "deepsleep"):
             # machine.reset()/soft_reset()/deepsleep() never return on a board:
             # the shim blocks and the board is rebooted from here.

@@ -1,9 +1,10 @@
 # The virtual board's console: MicroPython's friendly REPL, raw REPL and
 # raw-paste mode, spoken over stdin/stdout exactly as a board speaks them on its
 # USB serial port. Runs inside the VM, so code sent by a host runs beside the
-# firmware. The supervisor turns every Ctrl-C byte into SIGINT, which this VM
-# raises as KeyboardInterrupt wherever it is: in user code that interrupts it;
-# while the console waits for input it counts as the Ctrl-C character.
+# firmware. While user code runs (ctl "run" ... "idle"), the supervisor turns a
+# Ctrl-C into SIGINT, raised here as KeyboardInterrupt; otherwise it passes the
+# byte 0x03 on, which the REPLs read as Ctrl-C. A KeyboardInterrupt that still
+# lands while the console waits for input also counts as that character.
 #
 # Exit codes tell the supervisor what to do next (see supervisor.py).
 import io
@@ -53,12 +54,18 @@ def execute(src, name, mode, eof):
     # SystemExit, which a board answers with a soft reset.
     try:
         code = compile(src, name, mode)
-        exec(code, _ns)
+        # While user code runs, the supervisor delivers Ctrl-C as an interrupt;
+        # otherwise as the byte 0x03, in order with what was typed before it.
+        board.ctl("run")
+        try:
+            exec(code, _ns)
+        finally:
+            board.ctl("idle")
         if eof:
             w(b"\x04")
     except SystemExit:
         if eof:
-            w(b"\x04")
+            w(b"\x04\x04")  # pyexec ends both outputs before the soft reset
         return False
     except BaseException as e:  # noqa: B036 - the REPL prints every error, as a board does
         if eof:
@@ -103,7 +110,15 @@ def raw_paste():
         if not remain:
             w(b"\x01")
             remain = 128
-    return execute(bytes(buf), "<stdin>", "exec", True)
+    try:
+        src = str(buf, "utf-8")
+    except (MemoryError, UnicodeError) as e:
+        w(b"\x04")
+        print_exception(e)
+        w(b"\x04")
+        return True
+    buf = None  # the text is all that is needed now: give the bytes back
+    return execute(src, "<stdin>", "exec", True)
 
 
 def raw_repl():
@@ -203,7 +218,10 @@ def readline(prompt, indent=""):
             return 3, ""
         elif c == 13:
             w(b"\r\n")
-            return 0, line.decode()
+            try:
+                return 0, line.decode()
+            except UnicodeError:
+                return 0, "raise SyntaxError('invalid UTF-8')"
         elif c in (8, 127):
             if line:
                 line.pop()
@@ -303,6 +321,9 @@ def start(flash, raw, soft):
             code = raw_repl() if raw else friendly_repl()
         except KeyboardInterrupt:
             continue  # Ctrl-C while the console itself was writing: same REPL again
+        except Exception as e:  # a console fault must not power the board off
+            print_exception(e)
+            continue
         if code is not None:
             sys.exit(code)
         raw = not raw
