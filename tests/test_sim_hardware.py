@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -22,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from ioconnect_host.boards import Board, list_boards, load_board
 from ioconnect_host.vm import micropython_command
 from ioconnect_sim.supervisor import SimConfig, VirtualBoard
@@ -400,6 +405,67 @@ def test_sockets_follow_the_wifi_link(sim: Sim, echo_server: int) -> None:
         sim.vb.set_fault(wifi="up")
     # With the link back (after the rejoin), a new socket works.
     assert sim.run(open_socket + "s.write(b'back')\nprint(repr(s.read(4)))") == [b"back"]
+
+
+@pytest.fixture
+def tls_echo_server(tmp_path: Path) -> Iterator[int]:
+    """A real TLS server (Python's ssl, self-signed P-256 cert) that upper-cases one message."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(10)
+
+    def serve() -> None:
+        try:
+            conn, _ = srv.accept()
+            with ctx.wrap_socket(conn, server_side=True) as c:
+                c.sendall(c.recv(100).upper())
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield srv.getsockname()[1]
+    thread.join(timeout=10)
+    srv.close()
+
+
+def test_tls_over_the_virtual_wifi(sim: Sim, tls_echo_server: int) -> None:
+    # The Wi-Fi socket is a stream: the port's tls module wraps it as a real one.
+    if sim.board.network == "none":
+        pytest.skip("no Wi-Fi on this board")
+    code = (
+        "import network, socket, tls, time\n"
+        "w = network.WLAN(network.STA_IF)\nw.active(True)\nw.connect('ioconnect-sim', '')\n"
+        + WAIT.replace("import time, network\n", "")
+        + "s = socket.socket()\n"
+        + f"s.connect(socket.getaddrinfo('127.0.0.1', {tls_echo_server})[0][-1])\n"
+        "ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)\nctx.verify_mode = tls.CERT_NONE\n"
+        "ss = ctx.wrap_socket(s, server_hostname='localhost')\n"
+        "ss.write(b'hello tls')\nprint(repr(ss.read(9)))\nss.close()"
+    )
+    assert sim.run(code) == [b"HELLO TLS"]
 
 
 def test_wifi_loss_and_return(sim: Sim) -> None:

@@ -3,6 +3,11 @@
 # connected its WLAN, or the host set the fault wifi=down), a new connection
 # or a name lookup fails and an open socket fails on its next use, as on a
 # board whose AP went away. With the link back, new sockets work again.
+#
+# The wrapper is a stream (io.IOBase with readinto/write/ioctl), so select.poll,
+# tls/ssl.wrap_socket and asyncio streams take it as they take a real socket.
+import io
+
 import usocket as _real
 from usocket import *  # noqa: F403 - constants and helpers, as the port has them
 
@@ -10,6 +15,9 @@ import network as _net
 
 _EHOSTUNREACH = 113
 _ECONNABORTED = 103
+_POLL = 3  # stream ioctl requests (py/stream.h)
+_CLOSE = 4
+_POLLERR_HUP = 0x08 | 0x10
 
 
 def _linked():
@@ -22,9 +30,9 @@ def getaddrinfo(host, port, *args):
     return _real.getaddrinfo(host, port, *args)
 
 
-class socket:
-    def __init__(self, af=AF_INET, kind=SOCK_STREAM, proto=0):  # noqa: F405
-        self._s = _real.socket(af, kind, proto)
+class socket(io.IOBase):
+    def __init__(self, af=AF_INET, kind=SOCK_STREAM, proto=0, *, _s=None):  # noqa: F405
+        self._s = _s if _s is not None else _real.socket(af, kind, proto)
 
     def _use(self):
         # An established socket dies with the link; it stays dead afterwards.
@@ -35,10 +43,39 @@ class socket:
             raise OSError(_ECONNABORTED)
         return self._s
 
+    # -- stream protocol -------------------------------------------------
+    def readinto(self, buf, n=None):
+        s = self._use()
+        return s.readinto(buf) if n is None else s.readinto(buf, n)
+
+    def write(self, data, n=None):
+        s = self._use()
+        return s.write(data) if n is None else s.write(data, n)
+
+    def ioctl(self, req, arg):
+        if req == _CLOSE:
+            self.close()
+            return 0
+        if req == _POLL:
+            if self._s is None or not _linked():
+                return _POLLERR_HUP  # readable/writable only to fail
+            import select
+
+            p = select.poll()
+            p.register(self._s, arg)
+            ready = p.poll(0)
+            return ready[0][1] & (arg | _POLLERR_HUP) if ready else 0
+        return -1
+
+    # -- socket API ------------------------------------------------------
     def connect(self, addr):
         if not _linked():
             raise OSError(_EHOSTUNREACH)
         return self._use().connect(addr)
+
+    def accept(self):
+        conn, addr = self._use().accept()
+        return socket(_s=conn), addr
 
     def send(self, data):
         return self._use().send(data)
@@ -46,20 +83,12 @@ class socket:
     def sendall(self, data):
         return self._use().sendall(data)
 
-    def write(self, data, n=None):
-        s = self._use()
-        return s.write(data) if n is None else s.write(data, n)
-
     def recv(self, n):
         return self._use().recv(n)
 
     def read(self, n=None):
         s = self._use()
         return s.read() if n is None else s.read(n)
-
-    def readinto(self, buf, n=None):
-        s = self._use()
-        return s.readinto(buf) if n is None else s.readinto(buf, n)
 
     def readline(self):
         return self._use().readline()
@@ -75,14 +104,14 @@ class socket:
             self._s.close()
             self._s = None
 
-    def __getattr__(self, name):
-        # setblocking, settimeout, setsockopt, bind, listen, fileno, ...
-        if self._s is None:
-            raise OSError(_ECONNABORTED)
-        return getattr(self._s, name)
-
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+    def __getattr__(self, name):
+        # setblocking, settimeout, setsockopt, bind, listen, fileno, ...
+        if self._s is None:
+            raise OSError(_ECONNABORTED)
+        return getattr(self._s, name)
