@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import selectors
+import shutil
 import subprocess
 import threading
 import time
@@ -45,6 +46,9 @@ _CTL_PREFIX = b"\x1b[ioc "
 _OUT_LIMIT = 1 << 16  # bytes kept for a host that is not reading
 _FAULTS_SIZE = 1024
 _SIGINT_GAP_S = 0.05
+# A VM must not outlive its supervisor (killed by a timeout, or SIGKILLed): the
+# kernel kills it when the thread that started it (the relay thread) ends.
+_DIE_WITH_US = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
 _HEAP_SLACK = 2048  # the shims' heap blocks are not packed as tightly as C statics
 _OVERHEAD: dict[tuple[str, tuple[str, ...]], int] = {}  # calibration, per shim set
 
@@ -180,9 +184,13 @@ class VirtualBoard:
         self._heap = self._vm_heap()
         self._sel.register(self._master, selectors.EVENT_READ, "host")
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-        self._boot(raw=False, cause="power_on")
+        # Every VM is started by the relay thread (see _boot: it dies with it).
+        self._next, self._boot_at = (False, "power_on"), time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"sim-{cfg.name}", daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + 10
+        while self.boots == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
         return self.port
 
     def stop(self) -> None:
@@ -289,7 +297,7 @@ class VirtualBoard:
         # buffer survives its soft reset); nothing the host typed is lost.
         self._stdin_r, self._stdin_w = os.pipe()
         self._proc = subprocess.Popen(
-            [*micropython_command(self._heap), "-c", code],
+            [*_DIE_WITH_US, *micropython_command(self._heap), "-c", code],
             stdin=self._stdin_r,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
