@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ioconnect_host.errors import VMError
-from ioconnect_host.firmware import build_firmware, host_mpy_arch, install_local
+from ioconnect_host.firmware import host_build
 from ioconnect_host.paths import firmware_dir
 from ioconnect_host.vm import run_script
 
@@ -169,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fs = Path(tmp) / "fs"
         fs.mkdir()
-        install_local(build_firmware(mpy_arch=host_mpy_arch()), Path(tmp) / "mpy")
-        _MPY[:] = [Path(tmp) / "mpy"]
+        _MPY[:] = [host_build()]
         for op in OPS:
             if args.only and op.name not in args.only:
                 continue

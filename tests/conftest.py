@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ioconnect_host.firmware import host_build
 from ioconnect_host.vm import DEFAULT_HEAP, run_script
 
 RunDevice = Callable[..., list[Any]]
@@ -31,7 +32,8 @@ def run_device(
         root = fs_dir or Path(tmp)
         if cases is not None:
             (root / "cases.json").write_text(json.dumps(cases))
-        out = run_script(code, fs_dir=root, heap=heap)
+        # The firmware as a board gets it: compiled to .mpy, not compiled in the VM.
+        out = run_script(code, fs_dir=root, heap=heap, extra_path=[host_build()])
     results = []
     for line in out.split("\n"):  # not splitlines(): U+2028 inside JSON is not a line break
         if not line:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from .errors import IoconnectError
+from .firmware import host_build
 from .vm import DEFAULT_HEAP, run_script
 
 __all__ = [
@@ -85,7 +86,9 @@ _DEVICE_MAIN = "from ioconnect import identity\nidentity.main({path}, {curve})\n
 
 def _run_device(directory: Path, curve: Curve | None, heap: str) -> Identity:
     code = _DEVICE_MAIN.format(path=repr(KEY_FILE), curve=repr(curve))
-    out = run_script(code, fs_dir=directory, heap=heap).strip().splitlines()
+    # The firmware as a board runs it (.mpy): compiling source needs RAM a board lacks.
+    printed = run_script(code, fs_dir=directory, heap=heap, extra_path=[host_build()])
+    out = printed.strip().splitlines()
     try:
         reply = json.loads(out[-1])
     except (IndexError, ValueError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 
@@ -14,3 +15,8 @@ def firmware_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("ioconnect is not installed: firmware files not found")
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def home() -> Path:
+    """ioconnect's own folder: ``$IOCONNECT_HOME``, else ``~/.ioconnect``."""
+    return Path(os.environ.get("IOCONNECT_HOME") or Path.home() / ".ioconnect")

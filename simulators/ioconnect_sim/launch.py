@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,8 +29,8 @@ from pathlib import Path
 
 from ioconnect_host.boards import load_board
 from ioconnect_host.errors import IoconnectError
-from ioconnect_host.firmware import FirmwareFile, build_firmware, host_mpy_arch, install_local
-from ioconnect_host.paths import firmware_dir
+from ioconnect_host.firmware import host_build, host_mpy_arch
+from ioconnect_host.paths import home
 
 from .supervisor import SimConfig, VirtualBoard
 
@@ -59,10 +60,6 @@ class RunningBoard:
     port: str
     pid: int
     state_dir: str
-
-
-def home() -> Path:
-    return Path(os.environ.get("IOCONNECT_HOME") or Path.home() / ".ioconnect")
 
 
 def default_state_dir(name: str) -> Path:
@@ -119,18 +116,10 @@ def _allow_many_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-@functools.lru_cache(maxsize=4)
-def _firmware_for(arch: str, fingerprint: tuple[tuple[str, float], ...]) -> list[FirmwareFile]:
-    return build_firmware(mpy_arch=arch)
-
-
 def _install_firmware_if_blank(flash: Path) -> None:
     # A new board is "flashed" once; later starts keep whatever the user deployed.
-    # A fleet compiles the firmware once per process (keyed by the sources' mtimes).
     if not (flash / "ioconnect").exists():
-        src = firmware_dir()
-        fingerprint = tuple((str(p), p.stat().st_mtime) for p in sorted(src.rglob("*.py")))
-        install_local(_firmware_for(host_mpy_arch(), fingerprint), flash)
+        shutil.copytree(host_build(), flash, dirs_exist_ok=True)
 
 
 def start_board(
