@@ -26,7 +26,7 @@ import time
 import tty
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
 from ioconnect_host.firmware import compile_module, host_mpy_arch
 from ioconnect_host.vm import micropython_command
@@ -560,5 +560,3 @@ class VirtualBoard:
             self._log.write(f"[sim] VM exited with status {code}; rebooting\n".encode())
         return False, "hard", 0.5
 
-
-Mode = Literal["friendly", "raw"]
