@@ -14,6 +14,8 @@ import pytest
 from ioconnect_host import agent
 from ioconnect_host.cli import main
 from ioconnect_host.transport import SerialTransport, TransportError
+from ioconnect_sim.launch import start_board
+from ioconnect_sim.supervisor import StateInUseError
 
 
 @pytest.fixture
@@ -109,3 +111,19 @@ def test_foreground_start_prints_port_and_stops_on_sigint(home: Path) -> None:
         assert proc.wait(timeout=10) == 0
     finally:
         proc.kill()
+
+
+def test_one_board_per_state_folder(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Two VMs writing one flash would lose data: the second start is refused, by name or not.
+    state = home / "shared-state"
+    code, _, _ = run(
+        capsys, "sim", "start", "--board", "esp32", "--name", "cli-dev", "--state", str(state),
+        "--detach",
+    )  # fmt: skip
+    assert code == 0
+    with pytest.raises(StateInUseError, match="in use by another virtual board"):
+        start_board("esp32", name="other-name", state_dir=state)
+    code, _, _ = run(capsys, "sim", "stop", "cli-dev")
+    assert code == 0
+    vb = start_board("esp32", name="other-name", state_dir=state)  # free again
+    vb.stop()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import selectors
@@ -28,12 +29,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from ioconnect_host.errors import IoconnectError
 from ioconnect_host.firmware import compile_module, host_mpy_arch
 from ioconnect_host.vm import micropython_command
 
 from .interrupt import interrupt_safely
 
-__all__ = ["RESET_CAUSES", "SimConfig", "VirtualBoard", "compile_vm_lib", "vm_dir", "write_faults"]
+__all__ = [
+    "RESET_CAUSES",
+    "SimConfig",
+    "StateInUseError",
+    "VirtualBoard",
+    "compile_vm_lib",
+    "vm_dir",
+    "write_faults",
+]
 
 # Exit codes of console.py: a soft reset, back in the friendly or the raw REPL.
 _EXIT_SOFT_FRIENDLY = 10
@@ -120,6 +130,10 @@ def write_faults(state_dir: Path, changes: dict[str, object]) -> dict[str, objec
     return state
 
 
+class StateInUseError(IoconnectError):
+    """Another virtual board runs on this state folder."""
+
+
 class VirtualBoard:
     """One virtual board: start() it, give ``port`` to any serial tool, stop() it."""
 
@@ -133,6 +147,7 @@ class VirtualBoard:
         self._master = -1
         self._slave = -1
         self._running = False
+        self._lock_fd = -1
         self._proc: subprocess.Popen[bytes] | None = None
         self._sel = selectors.DefaultSelector()
         self._to_vm = bytearray()
@@ -165,6 +180,8 @@ class VirtualBoard:
         cfg = self.config
         if self._running:
             return self.port
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_state()
         # Fresh plumbing on every start, so a stopped board can be powered on again.
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
@@ -193,6 +210,21 @@ class VirtualBoard:
             time.sleep(0.005)
         return self.port
 
+    def _lock_state(self) -> None:
+        # One board per state folder, across processes: two VMs writing one
+        # flash (an identity key!) would lose data. The kernel drops the lock
+        # when this process dies.
+        fd = os.open(self.config.state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateInUseError(
+                f"{self.config.state_dir} is in use by another virtual board",
+                hint="stop it first, or give this one its own --state folder",
+            ) from None
+        self._lock_fd = fd
+
     def stop(self) -> None:
         """Power off and close the port (a no-op when not running)."""
         if not self._running:
@@ -212,6 +244,8 @@ class VirtualBoard:
             self._log.close()
             self._log = None
         self._sel.close()
+        os.close(self._lock_fd)  # releases the state folder
+        self._lock_fd = -1
 
     @property
     def vm_pid(self) -> int | None:
