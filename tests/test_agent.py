@@ -25,6 +25,7 @@ from ioconnect_host import agent
 from ioconnect_host.agent import AgentError
 from ioconnect_host.transport import SerialTransport
 from ioconnect_sim.launch import start_board
+from test_profiles import permit_typed
 
 
 @pytest.fixture(scope="module")
@@ -106,30 +107,7 @@ def test_identity_lifecycle_and_eth_profiles(board: SerialTransport) -> None:
     # ioID Permit (EIP-712), recovered by eth-account.
     owner = "0x000000000000000000000000000000000000dEaD"
     out = agent.sign(board, "ioid", owner=owner, nonce=3, chain_id=4690)
-    typed = encode_typed_data(
-        full_message={
-            "types": {
-                "EIP712Domain": [
-                    {"name": "name", "type": "string"},
-                    {"name": "version", "type": "string"},
-                    {"name": "chainId", "type": "uint256"},
-                    {"name": "verifyingContract", "type": "address"},
-                ],
-                "Permit": [
-                    {"name": "owner", "type": "address"},
-                    {"name": "nonce", "type": "uint256"},
-                ],
-            },
-            "primaryType": "Permit",
-            "domain": {
-                "name": "ioIDRegistry",
-                "version": "1",
-                "chainId": 4690,
-                "verifyingContract": "0x0A7e595C7889dF3652A19aF52C18377bF17e027D",
-            },
-            "message": {"owner": owner, "nonce": 3},
-        }
-    )
+    typed = encode_typed_data(full_message=permit_typed(owner, 3, 4690))
     sig65 = bytes.fromhex(out["signature"])
     assert sig65[64] in (27, 28)
     assert Account.recover_message(typed, signature=sig65).lower() == address

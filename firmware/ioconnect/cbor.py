@@ -8,6 +8,8 @@
 # so hostile input costs at most its own size.
 from micropython import const
 
+from ioconnect import utf8
+
 MAX_DEPTH = const(16)
 MAX_ITEMS = const(1024)
 
@@ -107,43 +109,6 @@ def encode(obj):
     return bytes(out)
 
 
-def _utf8_ok(b):
-    # Strict UTF-8 (no overlongs, surrogates, or > U+10FFFF); MicroPython's
-    # decode() lets some of these through.
-    n = len(b)
-    i = 0
-    while i < n:
-        c = b[i]
-        if c < 0x80:
-            i += 1
-            continue
-        if c < 0xC2 or c > 0xF4:
-            return False
-        lo = 0x80
-        hi = 0xBF
-        if c < 0xE0:
-            m = 1
-        elif c < 0xF0:
-            m = 2
-            if c == 0xE0:
-                lo = 0xA0
-            elif c == 0xED:
-                hi = 0x9F
-        else:
-            m = 3
-            if c == 0xF0:
-                lo = 0x90
-            elif c == 0xF4:
-                hi = 0x8F
-        if i + m >= n or not lo <= b[i + 1] <= hi:
-            return False
-        for k in range(i + 2, i + m + 1):
-            if b[k] & 0xC0 != 0x80:
-                return False
-        i += m + 1
-    return True
-
-
 class _Decoder:
     def __init__(self, data, max_depth, max_items):
         self.d = data
@@ -192,7 +157,7 @@ class _Decoder:
             self.i = i + arg
             if major == 2:
                 return b
-            if not _utf8_ok(b):
+            if not utf8.valid(b):
                 raise CBORError("text string is not valid UTF-8")
             return b.decode()
         if major == 4 or major == 5:

@@ -6,6 +6,8 @@
 # One pass over the input, appending spans to one output bytearray.
 from micropython import const
 
+from ioconnect.utf8 import seq_len as utf8_len
+
 
 class GoJSONError(ValueError):
     pass
@@ -43,43 +45,6 @@ def _classes():
 _CLS = _classes()
 # Characters allowed after a backslash besides 'u'.
 _ESC = b'"\\/bfnrt'
-
-
-def utf8_len(s, i, n):
-    # Length of the valid UTF-8 sequence starting at s[i] (i < n), or 0, with
-    # Go's utf8 rules: no overlongs, no surrogates, nothing above U+10FFFF.
-    c = s[i]
-    if c < 0x80:
-        return 1
-    if c < 0xC2:
-        return 0
-    lo = 0x80
-    hi = 0xBF
-    if c < 0xE0:
-        need = 1
-    elif c < 0xF0:
-        need = 2
-        if c == 0xE0:
-            lo = 0xA0
-        elif c == 0xED:
-            hi = 0x9F
-    elif c < 0xF5:
-        need = 3
-        if c == 0xF0:
-            lo = 0x90
-        elif c == 0xF4:
-            hi = 0x8F
-    else:
-        return 0
-    if i + need >= n:
-        return 0
-    b = s[i + 1]
-    if b < lo or b > hi:
-        return 0
-    for k in range(i + 2, i + need + 1):
-        if s[k] & 0xC0 != 0x80:
-            return 0
-    return need + 1
 
 
 def _ws(s, i, n):

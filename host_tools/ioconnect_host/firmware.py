@@ -9,6 +9,7 @@ fixed-base tables are copied as they are.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import platform
 import subprocess
@@ -125,13 +126,23 @@ def host_build() -> Path:
     sources). Put it first on the VM's import path to run the firmware as a board
     does, without compiling source on a 96 KB heap.
     """
+    files = sorted(
+        p for p in firmware_dir().rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _host_build(stamp, str(home()))
+
+
+@functools.lru_cache(maxsize=4)
+def _host_build(stamp: tuple[tuple[str, int, int], ...], root: str) -> Path:
+    # Memoised on sizes and mtimes: a test session asks hundreds of times.
     src = firmware_dir()
     digest = hashlib.sha256()
-    for path in sorted(src.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes())
+    for name, _, _ in stamp:
+        path = Path(name)
+        digest.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes())
     arch = host_mpy_arch()
-    out = home() / "cache" / f"firmware-{arch}-{digest.hexdigest()[:16]}"
+    out = Path(root) / "cache" / f"firmware-{arch}-{digest.hexdigest()[:16]}"
     if not (out / "ioconnect" / "__init__.mpy").exists():
         install_local(build_firmware(mpy_arch=arch), out)
     return out
