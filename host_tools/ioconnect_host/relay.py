@@ -1,0 +1,293 @@
+"""The relay: signed readings from MQTT to W3bstream, each exactly once.
+
+Three parts, each testable alone:
+
+- :class:`Relay.ingest` checks one message (topic, size, schema, signature
+  recovered with libsecp256k1 the W3bstream way, device approved for the project,
+  nonce above the device's high-water mark) and stores it durably. Only then is
+  the broker's QoS 1 message acknowledged; ingest never waits on HTTP.
+- :class:`Forwarder` threads post what is queued to W3bstream ``POST /v1/task``,
+  byte for byte what the device signed (keep-alive, bounded concurrency, retries
+  with backoff on network errors and 5xx; a 4xx is final: a dead letter with the
+  reason) and store the taskID.
+- :class:`MqttFront` (paho-mqtt 2.x, MQTT 5 shared subscription so several relays
+  split the load) feeds ingest and sends each final status back on the device's
+  ack topic, where the device clears its outbox.
+
+A message whose signature does not come from the device named in its topic is
+dropped and counted, never acknowledged to that device: a forger must not be
+able to make a device discard a genuine reading.
+
+Example:
+    >>> store = SqliteStore(Path("relay.db"))
+    >>> relay = Relay(store, approved=inventory_approver)
+    >>> relay.ingest("ioconnect/42/0xab…/tasks", body).kind
+    'stored'
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import threading
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from . import w3bstream as w3b
+from .errors import IoconnectError
+from .node import Approver
+from .relay_store import Job, SqliteStore
+
+__all__ = [
+    "Forwarder",
+    "Ingested",
+    "Relay",
+    "RelayError",
+    "ack_message",
+    "ack_topic",
+    "tasks_topic",
+]
+
+_TOPIC = re.compile(r"ioconnect/([0-9]{1,20})/(0x[0-9a-f]{40})/tasks")
+
+
+class RelayError(IoconnectError):
+    """The relay cannot start or reach what it needs (broker, store, W3bstream URL)."""
+
+
+def tasks_topic(project_id: str, address: str) -> str:
+    """Where a device publishes its signed readings."""
+    return f"ioconnect/{project_id}/{address.lower()}/tasks"
+
+
+def ack_topic(project_id: str, address: str) -> str:
+    """Where the relay answers a device."""
+    return f"ioconnect/{project_id}/{address.lower()}/acks"
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What ingest did with one message.
+
+    kind: ``stored`` (queued for W3bstream), ``duplicate`` (seen before),
+    ``rejected`` (genuine but refused: the device is told), ``dropped`` (not from
+    the device it names, or unreadable: counted only), ``full`` (store at its
+    bound: do not acknowledge to the broker, try again later).
+    ack: the JSON to send on the device's ack topic now, if any.
+    """
+
+    kind: Literal["stored", "duplicate", "rejected", "dropped", "full"]
+    reason: str = ""
+    device: str = ""
+    project: str = ""
+    nonce: int = 0
+    ack: bytes | None = None
+
+
+def ack_message(nonce: int, status: str, task_id: str = "", reason: str = "") -> bytes:
+    """The ack a device gets on its ack topic (PROTOCOLS.md), compact JSON."""
+    msg: dict[str, Any] = {"nonce": nonce, "status": status}
+    if task_id:
+        msg["taskID"] = task_id
+    if reason:
+        msg["reason"] = reason
+    return json.dumps(msg, separators=(",", ":")).encode()
+
+
+class Relay:
+    """Verification and durable admission of device messages."""
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        *,
+        approved: Approver,
+        projects: frozenset[str] | None = None,
+        signed_keys: dict[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        """Args:
+        store: the durable queue and high-water marks.
+        approved: ``approved(project_id, address)``: the inventory's say.
+        projects: only these project ids are relayed (None: any).
+        signed_keys: per project, the payload keys in the digest (Pebble-style).
+        """
+        self.store = store
+        self._approved = approved
+        self._projects = projects
+        self._signed_keys = signed_keys or {}
+        self.counts: Counter[str] = Counter()  # ingest outcomes, for /metrics
+
+    def ingest(self, topic: str, payload: bytes) -> Ingested:
+        """Check one message and store it; see :class:`Ingested` for the outcomes."""
+        got = self._ingest(topic, payload)
+        self.counts[got.kind] += 1
+        if got.kind in ("dropped", "rejected") and got.reason:
+            self.store.count_rejection(got.reason)
+        return got
+
+    def _ingest(self, topic: str, payload: bytes) -> Ingested:
+        m = _TOPIC.fullmatch(topic)
+        if m is None:
+            return Ingested("dropped", reason="bad_topic")
+        project, device = m.group(1), m.group(2)
+        try:
+            task = w3b.parse_task(payload)
+            keys = self._signed_keys.get(task.project_id, ())
+            signers = w3b.recover_signers(task, w3b.task_digest(task, keys))
+        except w3b.TaskError as err:
+            return Ingested("dropped", reason=err.reason, device=device, project=project)
+        if device not in signers:
+            return Ingested("dropped", reason="forged_signature", device=device, project=project)
+        nonce = task.nonce
+
+        def refuse(reason: str) -> Ingested:
+            return Ingested(
+                "rejected",
+                reason,
+                device,
+                project,
+                nonce,
+                ack_message(nonce, "rejected", reason=reason),
+            )
+
+        if task.project_id != project:
+            return refuse("wrong_project")
+        if self._projects is not None and project not in self._projects:
+            return refuse("unknown_project")
+        if not self._approved(project, device):
+            return refuse("not_approved")
+        adm = self.store.admit(device, project, nonce, payload)
+        if adm.kind == "queued":
+            return Ingested("stored", "", device, project, nonce)
+        if adm.kind == "full":
+            return Ingested("full", "queue_full", device, project, nonce)
+        if adm.kind == "rejected":
+            # The store counted it already.
+            return Ingested(
+                "dropped",
+                adm.reason,
+                device,
+                project,
+                nonce,
+                ack_message(nonce, "rejected", reason=adm.reason),
+            )
+        # A copy of a reading we have: answer with its status once it is final.
+        ack = None
+        if adm.status in ("accepted", "rejected"):
+            ack = ack_message(nonce, adm.status, adm.task_id, adm.reason)
+        return Ingested("duplicate", "", device, project, nonce, ack)
+
+
+class Forwarder:
+    """Threads that post queued readings to W3bstream and record the outcome."""
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        url: str,
+        *,
+        workers: int = 4,
+        timeout_s: float = 10.0,
+        max_backoff_s: float = 30.0,
+        on_final: Callable[[], None] | None = None,
+    ) -> None:
+        """Args:
+        url: the W3bstream API node, e.g. ``http://127.0.0.1:8888``.
+        workers: concurrent requests (each keeps one connection alive).
+        on_final: called after each final status (the front sends acks then).
+        """
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise RelayError(f"W3bstream URL {url!r} is not http(s)://host[:port]")
+        self._parsed = parsed
+        self._store = store
+        self._workers = workers
+        self._timeout_s = timeout_s
+        self._max_backoff_s = max_backoff_s
+        self._on_final = on_final
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._claim_lock = threading.Lock()
+        self.posted = 0
+        self.retries = 0
+
+    def start(self) -> None:
+        for i in range(self._workers):
+            t = threading.Thread(target=self._work, name=f"forwarder-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def poke(self) -> None:
+        """Something was queued: look now rather than at the next poll."""
+        self._wake.set()
+
+    def stop(self, *, timeout_s: float = 10.0) -> None:
+        """Finish the requests in flight, then stop (queued work stays queued)."""
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout_s)
+        self._threads.clear()
+
+    def _connect(self) -> http.client.HTTPConnection:
+        p = self._parsed
+        cls = http.client.HTTPSConnection if p.scheme == "https" else http.client.HTTPConnection
+        return cls(p.hostname or "", p.port, timeout=self._timeout_s)
+
+    def _work(self) -> None:
+        conn = self._connect()
+        path = (self._parsed.path.rstrip("/") or "") + "/v1/task"
+        while not self._stop.is_set():
+            with self._claim_lock:
+                jobs = self._store.claim(limit=1, lease_s=self._timeout_s * 3)
+            if not jobs:
+                self._wake.wait(0.2)
+                self._wake.clear()
+                continue
+            for job in jobs:
+                conn = self._post(conn, path, job)
+
+    def _post(
+        self, conn: http.client.HTTPConnection, path: str, job: Job
+    ) -> http.client.HTTPConnection:
+        try:
+            conn.request("POST", path, body=job.body, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as err:
+            conn.close()
+            self._later(job, f"network: {err}")
+            return self._connect()
+        self.posted += 1
+        if resp.status >= 500:
+            self._later(job, f"w3bstream {resp.status}")
+            return conn
+        answer = _json_object(data)
+        if resp.status == 200 and isinstance(answer.get("taskID"), str):
+            self._store.finish(job.id, "accepted", task_id=answer["taskID"], reason="")
+        else:
+            why = answer.get("error") or data[:200].decode(errors="replace")
+            self._store.finish(
+                job.id, "rejected", task_id="", reason=f"w3bstream_{resp.status}: {why}"
+            )
+        if self._on_final:
+            self._on_final()
+        return conn
+
+    def _later(self, job: Job, error: str) -> None:
+        self.retries += 1
+        delay = min(self._max_backoff_s, 0.25 * 2 ** min(job.attempts, 10))
+        self._store.retry_later(job.id, delay_s=delay, error=error)
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return {}
+    return obj if isinstance(obj, dict) else {}

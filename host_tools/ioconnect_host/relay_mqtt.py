@@ -1,0 +1,189 @@
+"""The relay's MQTT side (paho-mqtt 2.x): subscribe, ingest, acknowledge.
+
+A message is acknowledged to the broker (PUBACK, manual) only once ingest has
+stored or finally judged it; while the store is full the message is held and
+retried, and the broker's in-flight window stops the flow (backpressure rather
+than loss). MQTT 5 with a persistent session and a shared subscription
+(``$share/<group>/ioconnect/+/+/tasks``) so several relays split the load and a
+restarted relay gets what was queued for it.
+
+Example:
+    >>> front = MqttFront(relay, "mqtt://127.0.0.1:1883")
+    >>> front.start()
+    >>> front.stop()
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .relay import Relay, RelayError, ack_message, ack_topic
+
+__all__ = ["Broker", "MqttFront", "parse_broker"]
+
+SUBSCRIPTION = "ioconnect/+/+/tasks"
+
+
+@dataclass(frozen=True)
+class Broker:
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker(url: str) -> Broker:
+    """``mqtt://host[:1883]`` or ``mqtts://host[:8883]``.
+
+    Raises:
+        RelayError: another scheme or no host.
+    """
+    p = urllib.parse.urlsplit(url if "://" in url else "mqtt://" + url)
+    if p.scheme not in ("mqtt", "mqtts") or not p.hostname:
+        raise RelayError(f"broker URL {url!r} is not mqtt://host[:port] or mqtts://host[:port]")
+    try:
+        port = p.port or (8883 if p.scheme == "mqtts" else 1883)
+    except ValueError:
+        raise RelayError(f"broker URL {url!r} has a bad port") from None
+    return Broker(p.hostname, port, p.scheme == "mqtts")
+
+
+class MqttFront:
+    """Feeds MQTT messages to :meth:`Relay.ingest` and sends the devices' acks."""
+
+    def __init__(
+        self,
+        relay: Relay,
+        broker_url: str,
+        *,
+        client_id: str = "ioconnect-relay",
+        group: str = "ioconnect",
+        ca_file: str | None = None,
+        session_expiry_s: int = 7 * 24 * 3600,
+    ) -> None:
+        self.broker = parse_broker(broker_url)
+        self.relay = relay
+        self._group = group
+        self._held: list[mqtt.MQTTMessage] = []  # stored nothing yet: store was full
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = threading.Event()
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=True,
+        )
+        if self.broker.tls:
+            c.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.reconnect_delay_set(min_delay=1, max_delay=10)
+        self._client = c
+        self._expiry = session_expiry_s
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self._expiry
+        self._client.connect_async(
+            self.broker.host, self.broker.port, keepalive=30, clean_start=False, properties=props
+        )
+        self._client.loop_start()
+        self._thread = threading.Thread(target=self._acks_loop, name="relay-acks", daemon=True)
+        self._thread.start()
+
+    def wait_connected(self, timeout_s: float) -> None:
+        if not self.connected.wait(timeout_s):
+            b = self.broker
+            raise RelayError(f"cannot reach the MQTT broker at {b.host}:{b.port}")
+
+    def stop(self) -> None:
+        """Stop taking messages; what was not acknowledged is redelivered later."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(5)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def final_status_ready(self) -> None:
+        """The forwarder finished a reading: send acks now."""
+        self._wake.set()
+
+    # -- paho callbacks (network thread) ---------------------------------------
+    def _on_connect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
+    ) -> None:
+        if getattr(reason, "is_failure", False):
+            return
+        client.subscribe(f"$share/{self._group}/{SUBSCRIPTION}", qos=1)
+        self.connected.set()
+        self._wake.set()
+
+    def _on_disconnect(self, client: mqtt.Client, *args: object) -> None:
+        self.connected.clear()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            if self._held:  # keep the order: nothing overtakes a held message
+                self._held.append(msg)
+                return
+        if not self._handle(msg):
+            with self._lock:
+                self._held.append(msg)
+
+    def _handle(self, msg: mqtt.MQTTMessage) -> bool:
+        got = self.relay.ingest(msg.topic, bytes(msg.payload))
+        if got.kind == "full":
+            return False
+        if got.ack is not None:
+            self._client.publish(ack_topic(got.project, got.device), got.ack, qos=1)
+        if msg.qos > 0:
+            self._client.ack(msg.mid, msg.qos)
+        return True
+
+    # -- acks of forwarded readings, and held messages ---------------------------
+    def _acks_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            self._retry_held()
+            if self.connected.is_set():
+                self._send_acks()
+
+    def _retry_held(self) -> None:
+        while True:
+            with self._lock:
+                if not self._held:
+                    return
+                msg = self._held[0]
+            if not self._handle(msg):
+                time.sleep(0.05)
+                return
+            with self._lock:
+                self._held.pop(0)
+
+    def _send_acks(self) -> None:
+        store = self.relay.store
+        for fin in store.unacked(limit=500):
+            payload = ack_message(fin.nonce, fin.status, fin.task_id, fin.reason)
+            info = self._client.publish(ack_topic(fin.project, fin.device), payload, qos=1)
+            try:
+                info.wait_for_publish(timeout=5)
+            except (RuntimeError, ValueError):
+                return  # not connected: try again later
+            if not info.is_published():
+                return
+            store.mark_acked([fin.id])

@@ -1,0 +1,237 @@
+"""The relay's durable state: high-water marks, the forward queue, dead letters.
+
+Every signed reading the relay accepts is stored here before the broker gets
+its acknowledgement, so a relay killed at any point loses nothing: what was
+acknowledged is on disk, what was not is redelivered by the broker. Each
+reading is kept once per (device, project, nonce): a second copy (QoS 1
+redelivery, a device retrying after a lost ack) finds the first and gets its
+status, so nothing is forwarded twice.
+
+SQLite in WAL mode is the embedded store; every method is one transaction.
+
+Example:
+    >>> store = SqliteStore(Path("relay.db"))
+    >>> store.admit("0xab…", "42", 7, body).kind
+    'queued'
+    >>> [job] = store.claim(limit=10, lease_s=30)
+    >>> store.finish(job.id, "accepted", task_id="0x…", reason="")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["Admission", "Job", "SqliteStore", "Status"]
+
+Status = Literal["queued", "accepted", "rejected"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS high_water (
+    device  TEXT NOT NULL,
+    project TEXT NOT NULL,
+    nonce   INTEGER NOT NULL,
+    PRIMARY KEY (device, project)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id          INTEGER PRIMARY KEY,
+    device      TEXT NOT NULL,
+    project     TEXT NOT NULL,
+    nonce       INTEGER NOT NULL,
+    body        BLOB NOT NULL,
+    received    REAL NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'queued',
+    task_id     TEXT NOT NULL DEFAULT '',
+    reason      TEXT NOT NULL DEFAULT '',
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    next_try    REAL NOT NULL DEFAULT 0,
+    finished    REAL,
+    acked       INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (device, project, nonce)
+);
+CREATE INDEX IF NOT EXISTS queued ON messages (status, next_try) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS unacked ON messages (acked) WHERE acked = 0 AND status != 'queued';
+CREATE TABLE IF NOT EXISTS rejections (
+    reason TEXT PRIMARY KEY,
+    count  INTEGER NOT NULL
+);
+PRAGMA user_version = 1;
+"""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What ``admit`` did: ``queued`` (new), ``duplicate`` (seen: its ``status``),
+    ``rejected`` (``reason``) or ``full`` (queue at its bound: do not acknowledge)."""
+
+    kind: Literal["queued", "duplicate", "rejected", "full"]
+    status: Status | None = None
+    task_id: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A queued reading to forward."""
+
+    id: int
+    device: str
+    project: str
+    nonce: int
+    body: bytes
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A reading with a final status whose ack has not gone to the device yet."""
+
+    id: int
+    device: str
+    project: str
+    nonce: int
+    status: Status
+    task_id: str
+    reason: str
+
+
+class SqliteStore:
+    """The relay store in one SQLite file (WAL), safe to share between threads."""
+
+    def __init__(self, path: Path, *, max_queue: int = 100_000) -> None:
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a transaction is on disk before the broker hears "stored".
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._max_queue = max_queue
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        # One writer transaction at a time, taken before the first read so that
+        # check-then-insert cannot interleave with another thread or process.
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def admit(self, device: str, project: str, nonce: int, body: bytes) -> Admission:
+        """Store a verified reading unless seen, replayed, reordered or the queue is full."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT status, task_id, reason FROM messages "
+                "WHERE device=? AND project=? AND nonce=?",
+                (device, project, nonce),
+            ).fetchone()
+            if row is not None:
+                return Admission("duplicate", status=row[0], task_id=row[1], reason=row[2])
+            hw = db.execute(
+                "SELECT nonce FROM high_water WHERE device=? AND project=?", (device, project)
+            ).fetchone()
+            if hw is not None and nonce <= hw[0]:
+                self._count("replayed_nonce")
+                return Admission("rejected", status="rejected", reason="replayed_nonce")
+            depth = db.execute("SELECT COUNT(*) FROM messages WHERE status='queued'").fetchone()
+            if depth[0] >= self._max_queue:
+                return Admission("full", reason="queue full")
+            db.execute(
+                "INSERT INTO messages (device, project, nonce, body, received) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (device, project, nonce, body, time.time()),
+            )
+            db.execute(
+                "INSERT INTO high_water VALUES (?, ?, ?) "
+                "ON CONFLICT (device, project) DO UPDATE SET nonce=excluded.nonce",
+                (device, project, nonce),
+            )
+            return Admission("queued", status="queued")
+
+    def count_rejection(self, reason: str) -> None:
+        """Count a message refused before it could be stored (bad signature, ...)."""
+        with self._tx():
+            self._count(reason)
+
+    def _count(self, reason: str) -> None:
+        self._db.execute(
+            "INSERT INTO rejections VALUES (?, 1) "
+            "ON CONFLICT (reason) DO UPDATE SET count = count + 1",
+            (reason,),
+        )
+
+    def claim(self, *, limit: int, lease_s: float) -> list[Job]:
+        """Up to ``limit`` queued readings due now, leased for ``lease_s`` seconds
+        (a forwarder that dies leaves them to be claimed again after the lease)."""
+        now = time.time()
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, device, project, nonce, body, attempts FROM messages "
+                "WHERE status='queued' AND next_try <= ? ORDER BY device, nonce LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            db.executemany(
+                "UPDATE messages SET next_try=? WHERE id=?", [(now + lease_s, r[0]) for r in rows]
+            )
+        return [Job(r[0], r[1], r[2], r[3], bytes(r[4]), r[5]) for r in rows]
+
+    def retry_later(self, job_id: int, *, delay_s: float, error: str) -> None:
+        """A forward failed for a reason that may pass (network, 5xx): try again later."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE messages SET attempts=attempts+1, next_try=?, reason=? "
+                "WHERE id=? AND status='queued'",
+                (time.time() + delay_s, error, job_id),
+            )
+
+    def finish(self, job_id: int, status: Status, *, task_id: str, reason: str) -> None:
+        """Record a final status (accepted by W3bstream, or rejected: a dead letter)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE messages SET status=?, task_id=?, reason=?, finished=?, "
+                "attempts=attempts+1 WHERE id=? AND status='queued'",
+                (status, task_id, reason, time.time(), job_id),
+            )
+            if status == "rejected":
+                self._count(reason.split(":", 1)[0])
+
+    def unacked(self, limit: int = 1000) -> list[Finished]:
+        """Final readings whose ack has not been sent to their device yet."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, device, project, nonce, status, task_id, reason FROM messages "
+                "WHERE acked=0 AND status!='queued' ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [Finished(*r) for r in rows]
+
+    def mark_acked(self, ids: list[int]) -> None:
+        with self._tx() as db:
+            db.executemany("UPDATE messages SET acked=1 WHERE id=?", [(i,) for i in ids])
+
+    def stats(self) -> dict[str, object]:
+        """Counts by status, the queue depth, and rejections by reason."""
+        with self._lock:
+            by_status = dict(
+                self._db.execute("SELECT status, COUNT(*) FROM messages GROUP BY status")
+            )
+            rejected = dict(self._db.execute("SELECT reason, count FROM rejections"))
+        return {
+            "queued": by_status.get("queued", 0),
+            "accepted": by_status.get("accepted", 0),
+            "dead_letters": by_status.get("rejected", 0),
+            "rejections": rejected,
+        }
