@@ -48,9 +48,8 @@ def node(tmp_path: Path) -> Iterator[tuple[Node, int]]:
         signed_keys={"7": ("timestamp",)},
     )
     server = serve(n)
-    yield n, server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    yield n, server.port
+    server.stop()
     n.close()
 
 

@@ -19,7 +19,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import sqlite3
 import threading
 import time
@@ -31,7 +33,7 @@ from typing import Any
 
 from . import w3bstream as w3b
 
-__all__ = ["Approver", "Node", "serve"]
+__all__ = ["Approver", "Node", "NodeServer", "serve"]
 
 #: ``approved(project_id, address) -> bool``: is the device approved for the project?
 Approver = Callable[[str, str], bool]
@@ -159,7 +161,7 @@ _MAX_REQUEST = w3b.MAX_BODY + 1
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _NodeServer
+    server: NodeServer
     protocol_version = "HTTP/1.1"  # keep-alive for the relay
 
     def _answer(self, status: int, obj: Any) -> None:
@@ -207,7 +209,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.log(format % args)
 
 
-class _NodeServer(ThreadingHTTPServer):
+class NodeServer(ThreadingHTTPServer):
+    """The node's HTTP server; ``stop()`` also ends kept-alive connections, as a
+    node that goes down does."""
+
     daemon_threads = True
 
     def __init__(
@@ -216,6 +221,30 @@ class _NodeServer(ThreadingHTTPServer):
         super().__init__(addr, _Handler)
         self.node = node
         self.log = log
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self._conns_lock:
+            self._conns.add(request)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._conns_lock:
+                self._conns.discard(request)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def stop(self) -> None:
+        """Stop listening and drop every open connection."""
+        self.shutdown()
+        self.server_close()
+        with self._conns_lock:
+            for conn in self._conns:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
 
 
 def serve(
@@ -224,11 +253,8 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     log: Callable[[str], None] | None = None,
-) -> ThreadingHTTPServer:
-    """Serve ``node`` over HTTP in a background thread; ``server_address`` has the port.
-
-    Stop it with ``server.shutdown(); server.server_close()``.
-    """
-    server = _NodeServer((host, port), node, log)
+) -> NodeServer:
+    """Serve ``node`` over HTTP in a background thread (``.port``; ``.stop()``)."""
+    server = NodeServer((host, port), node, log)
     threading.Thread(target=server.serve_forever, name="w3bstream-node", daemon=True).start()
     return server

@@ -166,15 +166,7 @@ class Relay:
         if adm.kind == "full":
             return Ingested("full", "queue_full", device, project, nonce)
         if adm.kind == "rejected":
-            # The store counted it already.
-            return Ingested(
-                "dropped",
-                adm.reason,
-                device,
-                project,
-                nonce,
-                ack_message(nonce, "rejected", reason=adm.reason),
-            )
+            return refuse(adm.reason)
         # A copy of a reading we have: answer with its status once it is final.
         ack = None
         if adm.status in ("accepted", "rejected"):
@@ -194,6 +186,7 @@ class Forwarder:
         timeout_s: float = 10.0,
         max_backoff_s: float = 30.0,
         on_final: Callable[[], None] | None = None,
+        log: Callable[[str], None] = print,
     ) -> None:
         """Args:
         url: the W3bstream API node, e.g. ``http://127.0.0.1:8888``.
@@ -213,8 +206,10 @@ class Forwarder:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._claim_lock = threading.Lock()
+        self._log = log
         self.posted = 0
         self.retries = 0
+        self.errors = 0
 
     def start(self) -> None:
         for i in range(self._workers):
@@ -243,14 +238,20 @@ class Forwarder:
         conn = self._connect()
         path = (self._parsed.path.rstrip("/") or "") + "/v1/task"
         while not self._stop.is_set():
-            with self._claim_lock:
-                jobs = self._store.claim(limit=1, lease_s=self._timeout_s * 3)
-            if not jobs:
-                self._wake.wait(0.2)
-                self._wake.clear()
-                continue
-            for job in jobs:
-                conn = self._post(conn, path, job)
+            try:
+                with self._claim_lock:
+                    jobs = self._store.claim(limit=1, lease_s=self._timeout_s * 3)
+                if not jobs:
+                    self._wake.wait(0.2)
+                    self._wake.clear()
+                    continue
+                for job in jobs:
+                    conn = self._post(conn, path, job)
+            except Exception as exc:
+                # The job stays leased and is claimed again when the lease ends.
+                self.errors += 1
+                self._log(f"forwarding failed: {exc!r}")
+                self._stop.wait(1.0)
 
     def _post(
         self, conn: http.client.HTTPConnection, path: str, job: Job

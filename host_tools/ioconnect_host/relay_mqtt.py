@@ -19,6 +19,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -68,8 +69,11 @@ class MqttFront:
         group: str = "ioconnect",
         ca_file: str | None = None,
         session_expiry_s: int = 7 * 24 * 3600,
+        log: Callable[[str], None] = print,
     ) -> None:
         self.broker = parse_broker(broker_url)
+        self._log = log
+        self.errors = 0
         self.relay = relay
         self._group = group
         self._held: list[mqtt.MQTTMessage] = []  # stored nothing yet: store was full
@@ -140,7 +144,14 @@ class MqttFront:
             if self._held:  # keep the order: nothing overtakes a held message
                 self._held.append(msg)
                 return
-        if not self._handle(msg):
+        try:
+            handled = self._handle(msg)
+        except Exception as exc:
+            # Not acknowledged: the broker sends it again after the next reconnect.
+            self.errors += 1
+            self._log(f"ingest of a message on {msg.topic} failed: {exc!r}")
+            return
+        if not handled:
             with self._lock:
                 self._held.append(msg)
 
@@ -159,9 +170,13 @@ class MqttFront:
         while not self._stop.is_set():
             self._wake.wait(0.5)
             self._wake.clear()
-            self._retry_held()
-            if self.connected.is_set():
-                self._send_acks()
+            try:
+                self._retry_held()
+                if self.connected.is_set():
+                    self._send_acks()
+            except Exception as exc:
+                self.errors += 1
+                self._log(f"sending acks failed: {exc!r}")
 
     def _retry_held(self) -> None:
         while True:

@@ -68,7 +68,8 @@ PRAGMA user_version = 1;
 @dataclass(frozen=True)
 class Admission:
     """What ``admit`` did: ``queued`` (new), ``duplicate`` (seen: its ``status``),
-    ``rejected`` (``reason``) or ``full`` (queue at its bound: do not acknowledge)."""
+    ``rejected`` (``reason``: ``replayed_nonce`` below the high-water mark,
+    ``nonce_reused`` for another body) or ``full`` (at its bound: do not acknowledge)."""
 
     kind: Literal["queued", "duplicate", "rejected", "full"]
     status: Status | None = None
@@ -134,17 +135,18 @@ class SqliteStore:
         """Store a verified reading unless seen, replayed, reordered or the queue is full."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT status, task_id, reason FROM messages "
+                "SELECT status, task_id, reason, body FROM messages "
                 "WHERE device=? AND project=? AND nonce=?",
                 (device, project, nonce),
             ).fetchone()
             if row is not None:
+                if bytes(row[3]) != body:  # signed by the device, yet another reading
+                    return Admission("rejected", status="rejected", reason="nonce_reused")
                 return Admission("duplicate", status=row[0], task_id=row[1], reason=row[2])
             hw = db.execute(
                 "SELECT nonce FROM high_water WHERE device=? AND project=?", (device, project)
             ).fetchone()
             if hw is not None and nonce <= hw[0]:
-                self._count("replayed_nonce")
                 return Admission("rejected", status="rejected", reason="replayed_nonce")
             depth = db.execute("SELECT COUNT(*) FROM messages WHERE status='queued'").fetchone()
             if depth[0] >= self._max_queue:
