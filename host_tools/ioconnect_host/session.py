@@ -39,8 +39,8 @@ __all__ = [
 #: Environment variable multiplying every limit (a slow board, a loaded CI machine).
 SCALE_ENV = "IOCONNECT_TIMEOUT_SCALE"
 #: Limits of the tries to enter the raw REPL, before scaling (pauses between them below).
-ENTRY_ATTEMPTS_S: tuple[float, ...] = (1.0, 2.0, 3.0)
-_ENTRY_PAUSES_S = (0.2, 0.5, 1.0)
+ENTRY_ATTEMPTS_S: tuple[float, ...] = (1.0, 1.5, 2.5)
+_ENTRY_PAUSES_S = (0.2, 0.5)
 #: Overall limits of agent operations, before scaling: key generation and signing
 #: run bigint arithmetic in MicroPython, seconds on a 125 MHz Cortex-M0+.
 _OP_TIMEOUT_S = {"identity.create": 60.0, "identity.rotate": 60.0, "sign": 60.0}
@@ -248,7 +248,8 @@ def open_session(
                 if exc.__class__ is not TransportError:
                     raise  # PortError: the port itself failed, another try will not help
                 last = exc
-                time.sleep(_ENTRY_PAUSES_S[min(i, len(_ENTRY_PAUSES_S) - 1)] * factor)
+                if i + 1 < len(attempts):
+                    time.sleep(_ENTRY_PAUSES_S[min(i, len(_ENTRY_PAUSES_S) - 1)] * factor)
         else:
             total = sum(attempts) * factor
             raise TransportError(
