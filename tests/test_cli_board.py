@@ -144,11 +144,13 @@ def test_rotate_after_requests_on_esp32(tmp_path: Path) -> None:
     from ioconnect_host import agent
     from ioconnect_host.transport import SerialTransport
 
-    with start_board("esp32", name="cli-ed-oom", state_dir=tmp_path) as vb:
-        with SerialTransport(vb.port) as t:
-            agent.identity_rotate(t, "secp256k1")
-            agent.identity_show(t)
-            assert agent.identity_rotate(t, "ed25519")["curve"] == "ed25519"
+    with (
+        start_board("esp32", name="cli-ed-oom", state_dir=tmp_path) as vb,
+        SerialTransport(vb.port) as t,
+    ):
+        agent.identity_rotate(t, "secp256k1")
+        agent.identity_show(t)
+        assert agent.identity_rotate(t, "ed25519")["curve"] == "ed25519"
 
 
 def test_sign_is_checked_on_the_host(
@@ -228,7 +230,10 @@ def test_config_get_set_and_bad_values(
         (["nope", "1"], "invalid_config: unknown setting 'nope'"),
         (["mqtt.port", "70000"], "invalid_config: mqtt.port must be an integer in 1..65535"),
         (["mqtt.port", "abc"], "invalid_config: mqtt.port must be an integer in 1..65535"),
-        (["w3bstream.project_id", "12a"], "invalid_config: w3bstream.project_id must be a decimal number"),
+        (
+            ["w3bstream.project_id", "12a"],
+            "invalid_config: w3bstream.project_id must be a decimal number",
+        ),
         (["mqtt.port"], "config set takes KEY VALUE, or KEY --unset"),
         (["mqtt.port", "1", "--unset"], "config set takes KEY VALUE, or KEY --unset"),
     ]  # fmt: skip

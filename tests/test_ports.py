@@ -210,7 +210,7 @@ def test_sim_name_auto_one_and_several_and_find_again(
 
     # the board comes back under another pty: found again by name and by DID
     stop_running("auto-a")
-    with pytest.raises(PortSelectionError, match="did not come back within 0.5 s"):
+    with pytest.raises(PortSelectionError, match=r"did not come back within 0\.5 s"):
         find_again(ref, timeout_s=0.5)
     again = start_detached("esp32", name="auto-a", state_dir=Path(one.state_dir))
     assert find_again(ref).port == again.port
@@ -230,9 +230,11 @@ def test_session_enters_raw_repl_once_per_command(pico: str) -> None:
 def test_probe_of_a_dead_port_raises(tmp_path: Path) -> None:
     master, slave = os.openpty()
     try:
-        with pytest.raises(TransportError, match="no MicroPython raw REPL after 1 tries"):
-            with open_session(BoardRef(port=os.ttyname(slave)), attempts=(0.3,)):
-                pass
+        with (
+            pytest.raises(TransportError, match="no MicroPython raw REPL after 1 tries"),
+            open_session(BoardRef(port=os.ttyname(slave)), attempts=(0.3,)),
+        ):
+            pass
     finally:
         os.close(master)
         os.close(slave)

@@ -22,7 +22,13 @@ from .agent import AgentError
 from .errors import IoconnectError
 from .inventory import Inventory, InventoryError
 from .ports import PORT_ENV, list_ports, probe, select_port
-from .provision import ProvisionOptions, default_bundle_path, provision, write_bundle
+from .provision import (
+    ProvisionOptions,
+    check_options,
+    default_bundle_path,
+    provision,
+    write_bundle,
+)
 from .session import Session, open_session
 
 __all__ = ["add_board_commands"]
@@ -276,6 +282,10 @@ def _provision(args: argparse.Namespace) -> int:
         nonce=args.nonce,
         registry=args.registry,
     )
+    check_options(opts)
+    if args.out is not None and not args.out.parent.is_dir():
+        # Checked before the board is touched: a bundle that cannot be written is lost work.
+        raise IoconnectError(f"--out {args.out}: no folder {args.out.parent}")
     show = sys.stderr.isatty() and not args.json
 
     def progress(step: str) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "ProvisionOptions",
     "ProvisionResult",
     "board_json",
+    "check_options",
     "default_bundle_path",
     "parse_broker",
     "provision",
@@ -149,7 +150,12 @@ def board_json(board: str) -> bytes:
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _check_options(opts: ProvisionOptions) -> None:
+def check_options(opts: ProvisionOptions) -> None:
+    """Refuse bad options before any board is touched.
+
+    Raises:
+        ProvisionError: names the option and what is wrong with it.
+    """
     pid = str(opts.project_id)
     if not pid.isdigit() or not pid.isascii() or len(pid) > 20:
         raise ProvisionError(f"--project-id {pid!r} must be a decimal number (up to 20 digits)")
@@ -159,6 +165,10 @@ def _check_options(opts: ProvisionOptions) -> None:
         parse_broker(opts.broker)
     if opts.ca is not None and not opts.ca.is_file():
         raise ProvisionError(f"--ca {opts.ca}: no such file")
+    if opts.chain_id <= 0:
+        raise ProvisionError(f"--chain-id {opts.chain_id} must be a positive chain id")
+    if opts.nonce is not None and opts.nonce < 0:
+        raise ProvisionError(f"--nonce {opts.nonce} must not be negative")
     if opts.owner is not None:
         if opts.nonce is None:
             raise ProvisionError("--owner needs --nonce (the registry's nonce for the device)")
@@ -277,7 +287,7 @@ def _permit(session: Session, ident: dict[str, Any], opts: ProvisionOptions) -> 
             f"ioID registration needs a secp256k1 identity; this board's is {ident['curve']}",
             hint="--rotate --curve secp256k1",
         )
-    assert opts.owner is not None and opts.nonce is not None  # checked in _check_options
+    assert opts.owner is not None and opts.nonce is not None  # checked in check_options
     registry = _registry(opts)
     args = {"owner": opts.owner, "nonce": opts.nonce, "chain_id": opts.chain_id}
     args["registry"] = registry
@@ -330,7 +340,7 @@ def provision(
         VerificationError: something the board returned does not check out.
     """
     step = progress or (lambda text: None)
-    _check_options(opts)
+    check_options(opts)
     step("checking the firmware")
     try:
         info = session.info()

@@ -202,9 +202,13 @@ class Session:
         """
         want = hashlib.sha256(data).hexdigest()
         tmp = path + ".tmp"
-        self.exec(_CREATE_FILE.format(path=repr(tmp)))
-        for i in range(0, len(data), _CHUNK):
-            self.exec(_APPEND_FILE.format(path=repr(tmp), data=repr(data[i : i + _CHUNK])))
+        try:
+            self.exec(_CREATE_FILE.format(path=repr(tmp)))
+            for i in range(0, len(data), _CHUNK):
+                self.exec(_APPEND_FILE.format(path=repr(tmp), data=repr(data[i : i + _CHUNK])))
+        except DeviceExecError:
+            self.exec(_REMOVE_FILE.format(path=repr(tmp)))  # no half file left behind
+            raise
         got = self.file_sha256(tmp)
         if got != want:
             self.exec(_REMOVE_FILE.format(path=repr(tmp)))
