@@ -238,3 +238,61 @@ def test_probe_of_a_dead_port_raises(tmp_path: Path) -> None:
     finally:
         os.close(master)
         os.close(slave)
+
+
+BUSY_MAIN = """\
+import time
+t0 = time.ticks_ms()
+while time.ticks_diff(time.ticks_ms(), t0) < 2000:
+    try:
+        time.sleep_ms(10)
+    except KeyboardInterrupt:
+        pass  # a program that swallows Ctrl-C for two seconds
+"""
+
+
+def test_a_board_slow_to_take_ctrl_c_is_retried(tmp_path: Path) -> None:
+    with start_board("rpi-pico", name="ports-busy", state_dir=tmp_path) as vb:
+        (vb.config.flash_dir / "main.py").write_text(BUSY_MAIN)
+        vb.power_cut()  # boots again and runs the busy main.py
+        with (
+            pytest.raises(TransportError, match="no MicroPython raw REPL after 1 tries"),
+            open_session(BoardRef(port=vb.port), attempts=(1.0,)),
+        ):
+            pass
+        vb.power_cut()
+        with open_session(BoardRef(port=vb.port)) as board:  # tries again, with pauses
+            assert board.call("info")["board"] == "rpi-pico"
+
+
+def test_timeouts_scale_for_slow_boards(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ioconnect_host.session import timeout_scale
+
+    monkeypatch.delenv("IOCONNECT_TIMEOUT_SCALE", raising=False)
+    assert timeout_scale("esp32") == 1.0  # 160 MHz: the reference
+    assert timeout_scale("rpi-pico") == 160 / 125  # 125 MHz
+    assert timeout_scale("not-a-board") == 1.0
+    monkeypatch.setenv("IOCONNECT_TIMEOUT_SCALE", "3")
+    assert timeout_scale("rpi-pico") == 3 * 160 / 125
+
+
+def test_bad_timeout_scale_is_one_line(
+    pico: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for bad in ("0.5", "fast", "nan"):
+        monkeypatch.setenv("IOCONNECT_TIMEOUT_SCALE", bad)
+        code, _, err = run(capsys, "info", "--port", pico)
+        assert code == 1
+        assert one_error_line(err) == f"IOCONNECT_TIMEOUT_SCALE={bad!r} must be a number >= 1"
+
+
+def test_the_core_does_not_import_the_simulator() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ioconnect_host.cli, ioconnect_host.ports, ioconnect_host.provision;"
+        "print('ioconnect_sim' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout == "False\n"
