@@ -282,3 +282,30 @@ def test_library_api_records_and_returns(pico: VirtualBoard, tmp_path: Path) -> 
     assert result.board == "rpi-pico-w" and result.device is not None
     assert [d.did for d in inv.devices(project_id=9)] == [result.identity["did"]]
     assert inv.devices(project_id="8") == []
+
+
+@pytest.mark.parametrize(
+    ("machine", "reported", "usb_board", "expect"),
+    [
+        # real boards: the banner's "<board_name> with <mcu_name>" decides
+        ("Generic ESP32S3 module with ESP32S3", "esp32", None, "esp32-s3"),
+        ("Generic ESP32 module with ESP32", "esp32", None, "esp32"),
+        ("Raspberry Pi Pico W with RP2040", "rp2", None, "rpi-pico-w"),
+        # a custom build of a known chip: the chip, then the USB ids
+        ("Custom C3 with ESP32C3", "esp32", None, "esp32-c3"),
+        ("Someone's RP2040 board with RP2040", "rp2", "rpi-pico", "rpi-pico"),
+        ("Someone's RP2040 board with RP2040", "rp2", None, None),
+        # "esp32" is the platform of every ESP32 chip: never taken for the board
+        ("Custom S3 with ESP32S3", "esp32", "esp32", "esp32-s3"),
+        # the virtual board reports its definition's name
+        ("linux [GCC 14.2.1] version", "rpi-pico", None, "rpi-pico"),
+        ("linux [GCC 14.2.1] version", "linux", None, None),
+        ("unknown", "unknown", "esp32", "esp32"),
+    ],
+)
+def test_board_from_facts(
+    machine: str, reported: str, usb_board: str | None, expect: str | None
+) -> None:
+    from ioconnect_host.provision import board_from_facts
+
+    assert board_from_facts(machine, reported, usb_board) == expect

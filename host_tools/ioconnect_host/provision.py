@@ -44,6 +44,7 @@ __all__ = [
     "ProvisionError",
     "ProvisionOptions",
     "ProvisionResult",
+    "board_from_facts",
     "board_json",
     "check_options",
     "default_bundle_path",
@@ -189,6 +190,34 @@ def _registry(opts: ProvisionOptions) -> str:
     return known
 
 
+def board_from_facts(machine: str, reported: str, usb_board: str | None) -> str | None:
+    """Which board definition a connected board is, from what it says about itself.
+
+    Args:
+        machine: its ``sys.implementation._machine`` ("<board_name> with <mcu_name>"
+            on a real board, as the REPL banner shows).
+        reported: the agent's ``info`` board: the definition's name on a virtual
+            board, ``sys.platform`` (``esp32``, ``rp2``) on a real one.
+        usb_board: the one definition its USB ids fit, if exactly one.
+
+    Returns:
+        The board name, or None when the facts do not settle it.
+    """
+    boards = [load_board(name) for name in list_boards()]
+    exact = [b.name for b in boards if machine == f"{b.board_name} with {b.mcu_name}"]
+    if len(exact) == 1:
+        return exact[0]
+    same_chip = [b.name for b in boards if machine.endswith(f" with {b.mcu_name}")]
+    if same_chip:
+        # A real board ("esp32" is also a platform name: the chip decides, not it).
+        if len(same_chip) == 1:
+            return same_chip[0]
+        return usb_board if usb_board in same_chip else None
+    if reported in (b.name for b in boards):
+        return reported  # a virtual board reports its definition's name
+    return usb_board
+
+
 def _pick_board(session: Session, info: dict[str, Any], opts: ProvisionOptions) -> str:
     if opts.board:
         try:
@@ -196,15 +225,15 @@ def _pick_board(session: Session, info: dict[str, Any], opts: ProvisionOptions) 
         except BoardError as exc:
             raise ProvisionError(str(exc)) from exc
         return opts.board
+    machine = str(session.transport.eval("__import__('sys').implementation._machine"))
     reported = str(info.get("board"))
-    if reported in list_boards():
-        return reported  # the virtual board reports its definition's name
-    if session.ref.board:
-        return session.ref.board  # USB ids fit exactly one definition
-    raise ProvisionError(
-        f"cannot tell which board this is (it reports {reported!r})",
-        hint="pass --board, one of " + ", ".join(list_boards()),
-    )
+    found = board_from_facts(machine, reported, session.ref.board)
+    if found is None:
+        raise ProvisionError(
+            f"cannot tell which board this is (it says {machine!r})",
+            hint="pass --board, one of " + ", ".join(list_boards()),
+        )
+    return found
 
 
 def _accepts(session: Session, key: str) -> bool:
