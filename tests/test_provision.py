@@ -309,3 +309,19 @@ def test_board_from_facts(
     from ioconnect_host.provision import board_from_facts
 
     assert board_from_facts(machine, reported, usb_board) == expect
+
+
+def test_text_output_says_what_was_kept(
+    pico: VirtualBoard, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["provision", "--port", pico.port, "--project-id", "1", "--out", str(tmp_path / "b")]
+    argv += ["--inventory", str(tmp_path / "i"), "--curve", "p256"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and out.splitlines()[0] == "Provisioned rpi-pico-w board: new identity"
+    code, out, _ = run(capsys, *argv[:-1], "secp256k1")
+    assert code == 0
+    assert out.splitlines()[0] == (
+        "Provisioned rpi-pico-w board: existing identity kept "
+        "(it is p256; --rotate to make a secp256k1 one)"
+    )
+    assert out.splitlines()[4] == f"Bundle:    {tmp_path / 'b'}"

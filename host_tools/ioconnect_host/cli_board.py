@@ -319,6 +319,8 @@ def _provision(args: argparse.Namespace) -> int:
             what = "new identity"
         else:
             what = "existing identity kept"
+            if result.identity["curve"] != opts.curve:
+                what += f" (it is {result.identity['curve']}; --rotate to make a {opts.curve} one)"
         print(f"Provisioned {result.board} board: {what}")
         _rows([
             ("DID", summary["did"]),
