@@ -75,6 +75,11 @@ def test_record_is_idempotent_on_did(tmp_path: Path) -> None:
     assert inv.get(B.did) == B
     with pytest.raises(InventoryError, match="no device 0xdead in"):
         inv.get("0xdead")
+    # the relay's and node's Approver: (project_id, address) -> bool
+    assert inv.is_approved("42", A.address.upper().replace("0X", "0x"))  # type: ignore[union-attr]
+    assert not inv.is_approved("7", A.address)  # type: ignore[arg-type]
+    assert not inv.is_approved("42", "0x" + "00" * 20)
+    assert not Inventory(tmp_path / "none.sqlite3").is_approved("42", A.address)  # type: ignore[arg-type]
     conn = sqlite3.connect(inv.path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
 

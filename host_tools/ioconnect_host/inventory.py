@@ -185,6 +185,21 @@ class Inventory:
                 )
             return [_device(r) for r in rows.fetchall()]
 
+    def is_approved(self, project_id: str, address: str) -> bool:
+        """True if device ``address`` (``0x…``, any case) was provisioned for ``project_id``.
+
+        Has the relay's and node's ``Approver`` signature: pass ``inventory.is_approved``.
+        An inventory that does not exist yet approves no device.
+        """
+        if not self.path.exists():
+            return False
+        with self._connect(write=False) as conn:
+            row = conn.execute(
+                "SELECT 1 FROM devices WHERE project_id = ? AND lower(address) = ?",
+                (str(project_id), address.lower()),
+            ).fetchone()
+        return row is not None
+
     def get(self, did_or_address: str) -> Device:
         """The device with this DID or ``0x`` address (case-insensitive).
 
