@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,3 +275,84 @@ def test_every_reading_reaches_the_node_once_through_faults(
     finally:
         dev.close()
         pipe.close()
+
+
+# --- the commands, as a user runs them --------------------------------------------
+
+
+def _wait_line(proc: subprocess.Popen[str], words: str, timeout_s: float = 20) -> str:
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout_s
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if words in line:
+            return line
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(f"no {words!r} in the output: {''.join(seen)!r}")
+
+
+def test_node_and_relay_commands(tmp_path: Path, broker: Broker) -> None:  # noqa: F811
+    from brokers import free_port
+
+    node_port, metrics_port = free_port(), free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "ioconnect_host.cli"]
+    node = subprocess.Popen(
+        [*cmd, "node", "--port", str(node_port), "--db", str(tmp_path / "n.db"),
+         "--approve", DEVICE, "--inventory", str(tmp_path / "none")],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    relay = subprocess.Popen(
+        [*cmd, "relay", "--broker", f"mqtt://127.0.0.1:{broker.port}",
+         "--w3bstream", f"http://127.0.0.1:{node_port}", "--store", str(tmp_path / "r.db"),
+         "--approve-all", "--metrics-port", str(metrics_port), "--client-id", "cli-relay"],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    dev = None
+    try:
+        _wait_line(node, "W3bstream node on")
+        _wait_line(relay, "relaying")
+        dev = FakeDeviceLink(broker.port)
+        for n in (1, 2, 3):
+            dev.publish(body(n))
+        dev.publish(body(1, key=OTHER))  # forged: names DEVICE, signed by another
+        acks = dev.wait_acks(3)
+        assert {a["status"] for a in acks.values()} == {"accepted"}
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+            metrics = resp.read().decode()
+        assert 'ioconnect_relay_messages{status="accepted"} 3' in metrics
+        assert 'ioconnect_relay_rejections_total{reason="forged_signature"} 1' in metrics
+        with urllib.request.urlopen(f"http://127.0.0.1:{node_port}/v1/devices") as resp:
+            assert json.loads(resp.read())["devices"][0]["tasks"] == 3
+    finally:
+        if dev:
+            dev.close()
+        for proc in (relay, node):
+            proc.send_signal(signal.SIGTERM)
+    assert relay.wait(20) == 0
+    assert node.wait(20) == 0
+    assert "stopped" in (relay.stderr.read() if relay.stderr else "")
+
+
+def test_relay_command_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from ioconnect_host.cli import main
+
+    common = ["--w3bstream", "http://127.0.0.1:9", "--store", str(tmp_path / "r.db")]
+    cases = [
+        (["relay", "--broker", "ftp://x", *common, "--approve-all"], "is not mqtt://"),
+        (["relay", "--broker", "mqtt://127.0.0.1:1", *common,
+          "--inventory", str(tmp_path / "none.db")], "no inventory at"),
+        (["relay", "--broker", "mqtt://h", "--w3bstream", "ftp://x", "--approve-all",
+          "--store", str(tmp_path / "r.db")], "is not http(s)://"),
+        (["relay", "--broker", "mqtt://h", *common, "--approve-all", "--signed-keys", "x"],
+         "is not PROJECT=key"),
+        (["node", "--db", str(tmp_path), "--approve", DEVICE], "is a folder"),
+        (["node", "--approve", "0x12"], "is not a 0x address"),
+    ]  # fmt: skip
+    for argv, words in cases:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, (argv, err)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from .cli_board import add_board_commands
+from .cli_relay import add_relay_commands
 from .cli_sim import add_sim_commands
 from .errors import IoconnectError
 from .identity import CURVES, DEFAULT_DIR, Identity, new_identity, show_identity
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_identity(sub)
     add_sim_commands(sub)
+    add_relay_commands(sub)
     add_board_commands(sub)
     return parser
 
