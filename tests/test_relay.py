@@ -198,7 +198,8 @@ class FakeDeviceLink:
 class Pipeline:
     """Relay + forwarder + node, each restartable, on one broker."""
 
-    def __init__(self, tmp: Path, broker_port: int) -> None:
+    def __init__(self, tmp: Path, broker_port: int, mqtt_version: str = "5") -> None:
+        self.mqtt_version = mqtt_version
         self.tmp = tmp
         self.broker_url = f"mqtt://127.0.0.1:{broker_port}"
         self.node = Node(tmp / "node.db", approved=approve_device)
@@ -209,7 +210,10 @@ class Pipeline:
 
     def start_relay(self) -> None:
         self.relay = Relay(self.store, approved=approve_device)
-        self.front = MqttFront(self.relay, self.broker_url, client_id="relay-under-test")
+        self.front = MqttFront(
+            self.relay, self.broker_url, client_id="relay-under-test",
+            mqtt_version="5" if self.mqtt_version == "5" else "3.1.1",
+        )  # fmt: skip
         self.fwd = Forwarder(
             self.store,
             f"http://127.0.0.1:{self.node_port}",
@@ -237,11 +241,13 @@ class Pipeline:
         self.node.close()
 
 
+@pytest.mark.parametrize("mqtt_version", ["5", "3.1.1"])
 def test_every_reading_reaches_the_node_once_through_faults(
     tmp_path: Path,
     broker: Broker,  # noqa: F811
+    mqtt_version: str,
 ) -> None:
-    pipe = Pipeline(tmp_path, broker.port)
+    pipe = Pipeline(tmp_path, broker.port, mqtt_version)
     dev = FakeDeviceLink(broker.port)
     try:
         for n in range(1, 6):

@@ -122,6 +122,7 @@ def _relay(args: argparse.Namespace) -> int:
         client_id=args.client_id,
         ca_file=args.ca,
         metrics_port=args.metrics_port,
+        mqtt_version=args.mqtt_version,
     )
     approved = _approver(args)
     _db_path(args.store, "relay store")
@@ -226,6 +227,13 @@ def add_relay_commands(sub: Sub) -> None:
     relay.add_argument("--workers", type=_positive, default=4, help="concurrent HTTP requests")
     relay.add_argument("--client-id", default="ioconnect-relay", help="MQTT client id")
     relay.add_argument("--ca", default=None, help="CA file for mqtts://")
+    relay.add_argument(
+        "--mqtt-version",
+        choices=("5", "3.1.1"),
+        default="5",
+        help="5: shared subscription, relays split the load (default); "
+        "3.1.1: for brokers without MQTT 5, one relay per broker",
+    )
     relay.add_argument(
         "--metrics-port", type=_port, default=None, help="serve Prometheus /metrics here"
     )

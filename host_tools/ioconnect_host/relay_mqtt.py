@@ -21,6 +21,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -70,8 +71,14 @@ class MqttFront:
         ca_file: str | None = None,
         session_expiry_s: int = 7 * 24 * 3600,
         log: Callable[[str], None] = print,
+        mqtt_version: Literal["5", "3.1.1"] = "5",
     ) -> None:
+        """Args:
+        mqtt_version: "5" (shared subscription, session expiry) or "3.1.1" for
+            brokers without MQTT 5 (one relay per broker then: no sharing).
+        """
         self.broker = parse_broker(broker_url)
+        self._v5 = mqtt_version == "5"
         self._log = log
         self.errors = 0
         self.relay = relay
@@ -85,7 +92,8 @@ class MqttFront:
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
+            protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if self._v5 else False,
             manual_ack=True,
         )
         if self.broker.tls:
@@ -99,11 +107,15 @@ class MqttFront:
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self._expiry
-        self._client.connect_async(
-            self.broker.host, self.broker.port, keepalive=30, clean_start=False, properties=props
-        )
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = self._expiry
+            self._client.connect_async(
+                self.broker.host, self.broker.port, keepalive=30, clean_start=False,
+                properties=props,
+            )  # fmt: skip
+        else:
+            self._client.connect_async(self.broker.host, self.broker.port, keepalive=30)
         self._client.loop_start()
         self._thread = threading.Thread(target=self._acks_loop, name="relay-acks", daemon=True)
         self._thread.start()
@@ -132,7 +144,8 @@ class MqttFront:
     ) -> None:
         if getattr(reason, "is_failure", False):
             return
-        client.subscribe(f"$share/{self._group}/{SUBSCRIPTION}", qos=1)
+        topic = f"$share/{self._group}/{SUBSCRIPTION}" if self._v5 else SUBSCRIPTION
+        client.subscribe(topic, qos=1)
         self.connected.set()
         self._wake.set()
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .node import Approver
 from .relay import Forwarder, Relay
@@ -46,6 +46,7 @@ class RelayOptions:
     ca_file: str | None = None
     metrics_port: int | None = None  # None: no /metrics endpoint; 0: any free port
     max_queue: int = 100_000
+    mqtt_version: Literal["5", "3.1.1"] = "5"
 
 
 class RelayService:
@@ -64,7 +65,7 @@ class RelayService:
         )
         self.front = MqttFront(
             self.relay, options.broker, client_id=options.client_id, ca_file=options.ca_file,
-            log=log,
+            log=log, mqtt_version=options.mqtt_version,
         )  # fmt: skip
         self.forwarder = Forwarder(
             self.store, options.w3bstream, workers=options.workers,
