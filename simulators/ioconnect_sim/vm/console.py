@@ -193,7 +193,8 @@ def _back(n):
 def _push_history(text):
     if text and (not _hist or _hist[0] != text):
         _hist.insert(0, bytes(text))
-        del _hist[_HIST_SIZE:]
+        if len(_hist) > _HIST_SIZE:
+            _hist.pop()
 
 
 def _auto_indent(line):
@@ -314,14 +315,14 @@ def readline(line, prompt):
             elif c == 6:
                 key = _RIGHT
             elif c == 11:  # Ctrl-K: kill to the end of the line
-                del line[cur:]
+                line[cur:] = b""
                 redraw = True
             elif c == 14:
                 key = _DOWN
             elif c == 16:
                 key = _UP
             elif c == 21:  # Ctrl-U: kill to the start of the line
-                del line[orig:cur]
+                line[orig:cur] = b""
                 back = cur - orig
                 redraw = True
             elif c == 13:
@@ -340,7 +341,7 @@ def readline(line, prompt):
                             break
                         spaces += 1
                     back = 4 if spaces >= 4 else 1
-                    del line[cur - back : cur]
+                    line[cur - back : cur] = b""
                     redraw = True
             elif _ai & _AI_JUST_ADDED and (c == 9 or c == 32):
                 # Tab or space right after an auto-indent turns auto-indent off
@@ -348,7 +349,7 @@ def readline(line, prompt):
                 _ai = 0
                 if c == 32:
                     back = 3
-                    del line[-3:]
+                    line[-3:] = b""
             elif c == 9:
                 if line and cur and line[cur - 1] in b" \t\n\r\x0b\x0c":
                     extra = b"    "
@@ -389,16 +390,13 @@ def readline(line, prompt):
                 elif digit == 51:
                     key = _DEL
             esc = 0
-        elif c == 72 or c == 70:  # ESC O H / ESC O F
-            # readline.c leaves this state set after Home/End: the next byte is
-            # read as a third byte of ESC O too, so it is lost unless H or F.
-            key = _HOME if c == 72 else _END
-        else:
+        else:  # ESC O H / ESC O F
+            key = _HOME if c == 72 else _END if c == 70 else 0
             esc = 0
         if key == _UP:
             if hist + 1 < len(_hist):
                 hist += 1
-                del line[orig:]
+                line[orig:] = b""
                 line.extend(_hist[hist])
                 back = cur - orig
                 redraw = True
@@ -406,7 +404,7 @@ def readline(line, prompt):
         elif key == _DOWN:
             if hist >= 0:
                 hist -= 1
-                del line[orig:]
+                line[orig:] = b""
                 if hist >= 0:
                     line.extend(_hist[hist])
                 back = cur - orig
@@ -421,7 +419,7 @@ def readline(line, prompt):
         elif key == _END:
             fwd = len(line) - cur
         elif key == _DEL and cur < len(line):
-            del line[cur]
+            line[cur : cur + 1] = b""
             redraw = True
         # Redraw as readline.c does: move back, rewrite the tail, move back again.
         if back:
