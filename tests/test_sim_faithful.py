@@ -95,16 +95,20 @@ def test_identity_as_the_port_gives_it(board: VirtualBoard) -> None:
     assert lines[1] == "True True True <module 'sys'>"
 
 
-def raw_no_follow(port: str, code: bytes) -> None:
-    """Send ``code`` in the raw REPL and do not wait for an answer (it resets)."""
+def reset_and_wait(port: str, code: bytes, ready: bytes) -> None:
+    """Send ``code`` (which resets the board) in the raw REPL; wait for ``ready``."""
     with serial.Serial(port, 115200, timeout=0.1) as s:
         s.write(b"\r\x03\x03\x01")
         buf = b""
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while not buf.endswith(b"raw REPL; CTRL-B to exit\r\n>"):
             assert time.monotonic() < deadline, buf
             buf += s.read(4096)
         s.write(code + b"\x04")  # an empty line is a soft reset
+        buf = b""
+        while not buf.endswith(ready):  # the new boot is done talking
+            assert time.monotonic() < deadline, buf
+            buf += s.read(4096)
 
 
 def _ticks(t: SerialTransport) -> list[int]:
@@ -129,14 +133,14 @@ def test_ticks_start_at_power_on_and_survive_soft_reset(board: VirtualBoard) -> 
         assert 0 <= cpu <= elapsed * 1e6 * cpu_per_us
         assert ms <= uptime <= elapsed * 1000
     # A soft reset keeps the counter running, as the chips' timers do.
-    raw_no_follow(board.port, b"")
-    wait_boots(board, boots + 2)
+    reset_and_wait(board.port, b"", b"soft reboot\r\nraw REPL; CTRL-B to exit\r\n>")
+    assert board.boots == boots + 2
     with SerialTransport(board.port) as t:
         assert _ticks(t)[0] >= uptime
     # machine.reset() is a hard reset: the counter starts again.
     before = time.monotonic()
-    raw_no_follow(board.port, b"import machine\nmachine.reset()")
-    wait_boots(board, boots + 3)
+    reset_and_wait(board.port, b"import machine\nmachine.reset()", b'help()" for more information.\r\n>>> ')
+    assert board.boots == boots + 3
     with SerialTransport(board.port) as t:
         assert 0 <= _ticks(t)[0] <= (time.monotonic() - before) * 1000
 

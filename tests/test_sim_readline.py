@@ -114,7 +114,8 @@ def test_history_keeps_eight_lines(keys: Keys) -> None:
 def test_auto_indent_and_continuation(keys: Keys) -> None:
     keys.press(b"for i in range(2):\r", b"for i in range(2):\r\n...     ")
     keys.press(b"print(i * 10)\r", b"print(i * 10)\r\n...     ")
-    # A board ends the block on the second empty line: the first keeps the indent.
+    # Auto-indent refills two empty lines (the second looks two lines up); the
+    # third, bare, ends the block.
     keys.press(b"\r", b"\r\n...     ")
     keys.press(b"\r", b"\r\n... ")
     keys.press(b"\r", b"\r\n0\r\n10" + PROMPT)

@@ -83,6 +83,27 @@ def power_on(flash, soft):
     os.chdir("/")
     sys.path[:] = ["", ".frozen", "/lib"]
     sys.modules.pop("__main__", None)
+    _open_qstr_pool()
+
+
+def _open_qstr_pool():
+    # The VM keeps the console's and shims' names in heap pools that double in
+    # size. A board has its port's names in flash, so its firmware never pays for
+    # the pool that comes after the shims' last one; here the firmware's first
+    # name past that pool's end would cost it several KB, at a point that moves
+    # whenever a shim gains a name. Open that pool now, with the console: the
+    # firmware's names then go into it, whatever the shims hold.
+    import gc
+
+    gc.collect()
+    last = gc.mem_alloc()
+    for i in range(4096):
+        hasattr(cfg, "_q%d" % i)  # interns the name
+        now = gc.mem_alloc()
+        if now - last > 1024:  # a new pool, not a name or a string chunk
+            break
+        last = now
+    gc.collect()
 
 
 _faults_file = None
