@@ -73,7 +73,7 @@ def test_identity_as_the_port_gives_it(board: VirtualBoard) -> None:
         )
         info = agent.info(t)
     uname, platform, impl_machine, version, v = got
-    release = "%d.%d.%d" % tuple(v[:3])
+    release = ".".join(str(n) for n in v[:3])
     # extmod/modos.c: sysname and nodename are MICROPY_PY_SYS_PLATFORM, machine is
     # MICROPY_HW_BOARD_NAME " with " MICROPY_HW_MCU_NAME.
     assert tuple(uname) == (
@@ -139,7 +139,9 @@ def test_ticks_start_at_power_on_and_survive_soft_reset(board: VirtualBoard) -> 
         assert _ticks(t)[0] >= uptime
     # machine.reset() is a hard reset: the counter starts again.
     before = time.monotonic()
-    reset_and_wait(board.port, b"import machine\nmachine.reset()", b'help()" for more information.\r\n>>> ')
+    reset_and_wait(
+        board.port, b"import machine\nmachine.reset()", b'help()" for more information.\r\n>>> '
+    )
     assert board.boots == boots + 3
     with SerialTransport(board.port) as t:
         assert 0 <= _ticks(t)[0] <= (time.monotonic() - before) * 1000
@@ -163,7 +165,10 @@ def test_user_tracebacks_show_only_user_frames(board: VirtualBoard) -> None:
     head = b'Traceback (most recent call last):\r\n  File "<stdin>", line 1, in <module>\r\n'
     with SerialTransport(board.port) as t:
         out, err = t.exec_raw("import machine\nmachine.Pin(99)")
-        assert (out, err) == (b"", head.replace(b"line 1", b"line 2") + b"ValueError: invalid pin\r\n")
+        assert (out, err) == (
+            b"",
+            head.replace(b"line 1", b"line 2") + b"ValueError: invalid pin\r\n",
+        )
         out, err = t.exec_raw("machine.Nothing")
         assert err == head + b"AttributeError: module 'machine' has no attribute 'Nothing'\r\n"
         out, err = t.exec_raw("undefined_name")

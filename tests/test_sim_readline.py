@@ -18,7 +18,14 @@ from ioconnect_sim.supervisor import VirtualBoard
 from pexpect import fdpexpect
 
 LEFT, RIGHT, UP, DOWN = b"\x1b[D", b"\x1b[C", b"\x1b[A", b"\x1b[B"
-CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E, CTRL_F = b"\x01", b"\x02", b"\x03", b"\x04", b"\x05", b"\x06"
+CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E, CTRL_F = (
+    b"\x01",
+    b"\x02",
+    b"\x03",
+    b"\x04",
+    b"\x05",
+    b"\x06",
+)
 CTRL_K, CTRL_N, CTRL_P, CTRL_U = b"\x0b", b"\x0e", b"\x10", b"\x15"
 BACKSPACE, TAB = b"\x7f", b"\t"
 PROMPT = b"\r\n>>> "

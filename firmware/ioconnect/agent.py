@@ -102,10 +102,13 @@ def op_info(req):
 
     gc.collect()
     v = sys.implementation.version
+    # "<board> with <MCU>", as the port's banner says. The checker trims os to the
+    # unix port's, which lacks uname(); esp32 and rp2 (and the virtual board) have it.
+    machine = os.uname().machine  # type: ignore[attr-defined]
     return {
         "api": API,
         "firmware": VERSION,
-        "board": os.uname().machine,  # the port's "<board> with <MCU>", as the banner says
+        "board": machine,
         "micropython": "%d.%d.%d" % (v[0], v[1], v[2]),
         "free_heap": gc.mem_free(),
         "uptime_ms": time.ticks_ms(),  # the tick counter starts at power-on
