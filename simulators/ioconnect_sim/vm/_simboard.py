@@ -68,7 +68,7 @@ def power_on(flash, soft):
 
     # ticks_cpu: esp32 counts CPU cycles, rp2 microseconds (time_us_32).
     if cfg.get("board", {}).get("port") == "esp32":
-        time.cpu_per_us = cfg["board"].get("cpu_freq_hz", 160000000) // 1000000
+        time._cpu_per_us = cfg["board"].get("cpu_freq_hz", 160000000) // 1000000
     reset_cause = int(os.getenv("IOCONNECT_RESET_CAUSE", "1"))
     global _faults_file
     if cfg.get("faults_path"):

@@ -1,6 +1,5 @@
 # os, as a board's: the unix port's functions plus uname(), which the unix
 # port lacks, answering what the board's port answers.
-import usys
 from uos import *  # noqa: F403 - the port's functions, as `os` has them
 
 
@@ -10,5 +9,7 @@ def uname():
     return _simboard.uname
 
 
-# `import uos` names the same module on a board.
-usys.modules["uos"] = usys.modules["os"]
+import usys as _usys  # noqa: E402
+
+_usys.modules["uos"] = _usys.modules["os"]  # `import uos` names this module on a board
+del _usys  # keep the module's names those of a board's os
