@@ -1,5 +1,8 @@
 """The virtual board's line editor, byte for byte as MicroPython's readline.c.
 
+The last test types the same keys into the unix port's own REPL (the C
+readline.c itself) and requires the same transcript.
+
 Keys go in over the board's pty (pexpect on the port) and every echo is
 compared whole: nothing before it, nothing after it. The expected bytes follow
 shared/readline/readline.c as the esp32 and rp2 ports build it (Emacs keys and
@@ -12,7 +15,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import pexpect
+import pexpect.spawnbase
 import pytest
+from ioconnect_host.vm import micropython_command
 from ioconnect_sim.launch import start_board
 from ioconnect_sim.supervisor import VirtualBoard
 from pexpect import fdpexpect
@@ -177,3 +183,41 @@ def test_raw_repl_keeps_bytes_friendly_history_survives_it(keys: Keys) -> None:
     keys.child.expect_exact(b'Type "help()" for more information.\r\n>>> ')
     keys.press(UP, b"hist_kept = 1")
     keys.press(CTRL_C, PROMPT)
+
+
+# Keystrokes that the unix port's REPL treats as a board's does (it is built from
+# the same readline.c; its extra word-move keys and longer history are avoided).
+SCRIPT = b"".join(
+    [
+        b"abcdefgh" + LEFT * 6 + b"\x1b[3~X" + BACKSPACE + CTRL_E + b"\x1b[H" + CTRL_F + RIGHT,
+        CTRL_B + b"\x1bOF\x1b[1~\x1b[4~\x1bOH\x1b[F" + LEFT * 4 + CTRL_K + CTRL_A + CTRL_D,
+        CTRL_E + CTRL_U + b"print(6 * 7)\r",
+        b"zzq_alpha = 1; zzq_beta = 2; zzq_betamax = 3\r",
+        b"zzq_" + TAB + b"b" + TAB + TAB + b"m" + TAB + b"\r",
+        b"for i in range(2):\rprint(i)\r\r\r\r",
+        b"if 1:\r" + BACKSPACE + CTRL_C,
+        b"if 1:\r x=1\r\r",
+        b"(1,\r2)\r",
+        UP + UP + UP + DOWN + CTRL_P + CTRL_N + CTRL_C,
+        b"x = " + TAB + CTRL_C,
+        b"ab\x1b[Zc\x1bxd" + CTRL_C,
+        b"1/0\r",
+        b"print('E' 'ND')\r",
+    ]
+)
+
+
+def _transcript(child: pexpect.spawnbase.SpawnBase) -> bytes:
+    child.send(SCRIPT)
+    child.expect(rb"END\r+\n>>> ")
+    # The unix port writes through a pty that adds a CR to each LF.
+    return (child.before + child.after).replace(b"\r\r\n", b"\r\n")
+
+
+def test_same_echo_as_micropython_readline(keys: Keys) -> None:
+    unix = pexpect.spawn(micropython_command("2M")[0], micropython_command("2M")[1:], timeout=10)
+    try:
+        unix.expect_exact(b">>> ")
+        assert _transcript(keys.child) == _transcript(unix)
+    finally:
+        unix.close(force=True)
