@@ -54,7 +54,7 @@ def test_detached_board_lifecycle(home: Path, capsys: pytest.CaptureFixture[str]
     ]
 
     with SerialTransport(started["port"]) as t:
-        assert agent.info(t)["board"] == "rpi-pico"
+        assert agent.info(t)["board"] == "Raspberry Pi Pico with RP2040"  # os.uname().machine
         t.exec("marker = 123")  # lives in RAM: a power cut loses it
 
     # a power cut from another process: the board boots again with a power-on reset

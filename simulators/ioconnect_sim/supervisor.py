@@ -77,16 +77,24 @@ def vm_dir() -> Path:
 
 def compile_vm_lib(dest: Path) -> Path:
     """console.py and the shims as .mpy in ``dest``: a board's REPL and drivers are
-    frozen in flash, so their bytecode should not cost the board's heap a compile."""
+    C code in flash, so they should not cost the board's heap a compile.
+
+    They are compiled to native code: it keeps off the heap, and a native frame
+    adds no traceback entry, so a user's error shows only the user's frames, as
+    on a board (``machine.Pin(99)`` fails in ``<stdin>``, not in ``machine.py``).
+    """
     dest.mkdir(parents=True, exist_ok=True)
     arch = host_mpy_arch()
+    stamp = dest / ".native"  # .mpy files from before native builds are rebuilt
+    fresh = not stamp.exists()
     for src in vm_dir().glob("*.py"):
         out = dest / (src.stem + ".mpy")
-        if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+        if not fresh and out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
             continue
         tmp = out.with_suffix(".tmp")
-        tmp.write_bytes(compile_module(src, mpy_arch=arch, source_name=src.name))
+        tmp.write_bytes(compile_module(src, mpy_arch=arch, source_name=src.name, native=True))
         tmp.replace(out)
+    stamp.touch()
     return dest
 
 
@@ -173,6 +181,7 @@ class VirtualBoard:
         self._boot_at: float | None = None  # when a sleeping/crashed board powers on again
         self._wdt_timeout_s = 0.0
         self._wdt_deadline = 0.0
+        self._powered_on_us = 0  # monotonic time of the last power-on or hard reset
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> str:
@@ -291,11 +300,17 @@ class VirtualBoard:
         tmp.replace(cfg.state_dir / "sim.json")
 
     def _env(self, cause: str) -> dict[str, str]:
+        # A board's tick counters start at power-on and any reset but a soft one;
+        # the VM's time module counts from this moment (vm/time.py). Python's
+        # monotonic clock is the unix port's (CLOCK_MONOTONIC).
+        if cause != "soft" or not self._powered_on_us:
+            self._powered_on_us = time.monotonic_ns() // 1000
         return dict(
             os.environ,
             MICROPYPATH=str(self._vmlib),
             IOCONNECT_SIM=str(self.config.state_dir / "sim.json"),
             IOCONNECT_RESET_CAUSE=str(RESET_CAUSES[cause]),
+            IOCONNECT_BOOT_US=str(self._powered_on_us),
         )
 
     def _vm_heap(self) -> str:

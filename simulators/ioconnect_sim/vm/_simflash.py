@@ -41,6 +41,10 @@ class SimFlash:
         if fail == "enospc":
             raise OSError(_ENOSPC)
 
+    def __repr__(self):
+        # As the esp32 and rp2 ports' littlefs v2 object prints (mpremote df).
+        return "<VfsLfs2>"
+
     def mount(self, readonly, mkfs):
         pass
 

@@ -261,4 +261,5 @@ def __getattr__(name):
     # models of _i2cdev) unless the supervisor preloaded them.
     if name in ("I2C", "SoftI2C"):
         return getattr(_s.load("_machx"), name)
-    raise AttributeError(name)
+    # The VM's own wording for a module without the name (py/runtime.c).
+    raise AttributeError("module 'machine' has no attribute '%s'" % name)
