@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from .cli_board import add_board_commands
+from .cli_demo import add_demo_command
 from .cli_relay import add_relay_commands
 from .cli_sim import add_sim_commands
 from .errors import IoconnectError
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_identity(sub)
     add_sim_commands(sub)
+    add_demo_command(sub)
     add_relay_commands(sub)
     add_board_commands(sub)
     return parser
