@@ -55,7 +55,8 @@ def _print_summary(result: DemoResult) -> None:
     )
     if t["latency_p50_ms"] is not None:
         print(
-            f"latency signed -> accepted: p50 {t['latency_p50_ms']} ms, p99 {t['latency_p99_ms']} ms"
+            f"latency signed -> accepted: p50 {t['latency_p50_ms']} ms, "
+            f"p99 {t['latency_p99_ms']} ms"
         )
     print("every reading accepted exactly once" if result.ok else "NOT every reading arrived:")
 
