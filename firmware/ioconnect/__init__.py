@@ -5,13 +5,22 @@ import sys
 
 VERSION = "0.1.0"
 
+_warm = False  # intern_names() has run since this package was loaded
+# Modules with @micropython.viper code stay loaded once imported. Their machine
+# code is copied out of the heap into executable memory, which MicroPython
+# frees only at a soft reset (ESP32: IRAM, esp_native_code_commit; unix port:
+# an mmap plus a 32-byte list node on the heap). Unloaded and imported again
+# per request, each import would take another copy, for good.
+RESIDENT = ("ioconnect.keccak", "ioconnect.sha512")
+
 
 def forget(keep):
-    # Unload every module not named in `keep` (a set of sys.modules names), so
-    # the heap they hold comes back (about 35 KB for the signing stack).
+    # Unload every module not named in `keep` (a set of sys.modules names) nor
+    # RESIDENT, so the heap they hold comes back (about 35 KB for the signing
+    # stack).
     pkg = sys.modules.get("ioconnect")
     for name in list(sys.modules):
-        if name in keep:
+        if name in keep or name in RESIDENT:
             continue
         del sys.modules[name]
         if pkg is not None and name.startswith("ioconnect."):
@@ -19,3 +28,48 @@ def forget(keep):
                 delattr(pkg, name[10:])
             except AttributeError:
                 pass
+
+
+def intern_names():
+    # Load each module of this package once, one at a time, and unload it again.
+    #
+    # Why: loading a .mpy interns its names (functions, attributes, strings)
+    # into MicroPython's qstr table, which lives on the heap and is never freed.
+    # The table grows by doubling: past its capacity (620 names on the port's
+    # dynamic pools) the next name needs one new pool of 640 entries, a single
+    # block of 4.5 KB (7 KB with 64-bit pointers), and the names' text goes
+    # into 128-byte chunks wherever the heap has a gap. Left to chance, that
+    # happens in the middle of some request (a rotate to ed25519 loading
+    # sha512), when the request's own objects cut the free heap into pieces:
+    # MemoryError with 60 KB free, and every retry fails the same way. Done
+    # here, on a quiet heap, it happens once, and later requests intern nothing
+    # new: the heap is the same after every request, however many there are.
+    # Frozen firmware has no __file__ and no need: its names are in flash.
+    global _warm
+    if _warm:
+        return
+    _warm = True  # set first: a fault below must not make every request retry
+    try:
+        base = __file__
+    except NameError:
+        return
+    import gc
+    import os
+
+    i = base.rfind("/")
+    folder = base[:i] if i > 0 else "."
+    try:
+        names = [n for n in os.listdir(folder) if n.endswith(".mpy") or n.endswith(".py")]
+    except OSError:
+        return
+    keep = set(sys.modules)
+    for n in names:
+        mod = n[: n.rfind(".")]
+        if mod == "__init__":
+            continue
+        try:
+            __import__("ioconnect." + mod)
+        except Exception:  # noqa: BLE001 - a broken module fails where it is used, not here
+            pass
+        forget(keep)
+        gc.collect()

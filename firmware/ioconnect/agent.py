@@ -269,6 +269,8 @@ def call(raw):
     # so the agent costs the firmware no RAM between requests.
     keep = set(sys.modules)
     keep.discard("ioconnect.agent")
+    # Names of every module interned once, while the heap is quiet (see there).
+    sys.modules["ioconnect"].intern_names()
     try:
         _frame(handle(raw))
     finally:

@@ -47,7 +47,8 @@ def check(key, value):
         return value
     if not isinstance(value, str) or not lo <= len(value) <= hi:
         raise ConfigError("%s must be text of %d..%d characters" % (key, lo, hi))
-    if kind == "decimal" and not all("0" <= c <= "9" for c in value):
+    # Digits checked as bytes: iterating a str interns each character for good.
+    if kind == "decimal" and not all(0x30 <= c <= 0x39 for c in value.encode()):
         raise ConfigError("%s must be a decimal number" % key)
     return value
 

@@ -6,9 +6,14 @@ import binascii
 
 from micropython import const
 
-_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-_BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+# Alphabets are bytes, and text is worked on as bytes: MicroPython interns
+# every 1-character str that indexing, iterating or chr() makes, in a table
+# on the heap that is never freed, so str-by-character code would grow the
+# heap with whatever characters the data brings (and tie up new table blocks
+# mid-request).
+_B58 = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_B64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_BECH32 = b"qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 # BIP-173 generator; each fits in 30 bits, so the checksum stays a small int
 # on 32-bit boards.
 _GEN = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
@@ -50,9 +55,10 @@ def b64url_decode(text):
         text = text.decode()
     if len(text) % 4 == 1:
         raise EncodingError("base64url: impossible length %d" % len(text))
-    for c in text:
-        if c not in _B64URL:
-            raise EncodingError("base64url: bad character %r" % c)
+    raw = text.encode()
+    for i in range(len(raw)):
+        if raw[i] not in _B64URL:
+            raise EncodingError("base64url: bad character %r" % _char_at(raw, i))
     std = text.replace("-", "+").replace("_", "/")
     data = binascii.a2b_base64(std + "=" * (-len(text) % 4))
     # Unused low bits of the last character must be zero (canonical form).
@@ -78,24 +84,26 @@ def b58encode(data):
         while carry:
             digits.append(carry % 58)
             carry //= 58
-    out = ["1"] * zeros
-    for j in range(len(digits) - 1, -1, -1):
-        out.append(_B58[digits[j]])
-    return "".join(out)
+    n = len(digits)
+    out = bytearray(zeros + n)
+    for j in range(zeros):
+        out[j] = 0x31  # "1"
+    for j in range(n):
+        out[zeros + j] = _B58[digits[n - 1 - j]]
+    return out.decode()
 
 
 def b58decode(text):
     """Inverse of b58encode."""
-    if isinstance(text, (bytes, bytearray)):
-        text = text.decode()
+    raw = text if isinstance(text, (bytes, bytearray)) else text.encode()
     zeros = 0
-    while zeros < len(text) and text[zeros] == "1":
+    while zeros < len(raw) and raw[zeros] == 0x31:  # "1"
         zeros += 1
     out = bytearray()  # little-endian base-256 digits
-    for i in range(zeros, len(text)):
-        carry = _B58.find(text[i])
+    for i in range(zeros, len(raw)):
+        carry = _B58.find(raw[i])
         if carry < 0:
-            raise EncodingError("base58: bad character %r" % text[i])
+            raise EncodingError("base58: bad character %r" % _char_at(raw, i))
         for j in range(len(out)):
             carry += out[j] * 58
             out[j] = carry & 0xFF
@@ -142,23 +150,41 @@ def _polymod(values, chk=1):
     return chk
 
 
+def _char_at(raw, i):
+    # The character starting at byte i of UTF-8 text, for error messages only
+    # (one more interned name per distinct bad character is fine on that path).
+    j = i + 1
+    while j < len(raw) and raw[j] & 0xC0 == 0x80:
+        j += 1
+    try:
+        return bytes(raw[i:j]).decode()
+    except UnicodeError:
+        return bytes(raw[i:j])
+
+
 def _hrp_expand(hrp):
-    return bytes([ord(c) >> 5 for c in hrp]) + b"\x00" + bytes([ord(c) & 31 for c in hrp])
+    # hrp: ASCII bytes
+    return bytes([c >> 5 for c in hrp]) + b"\x00" + bytes([c & 31 for c in hrp])
 
 
 def bech32_encode(hrp, data5):
     """BIP-173 bech32 of 5-bit groups ``data5`` under human-readable ``hrp``."""
-    hrp = hrp.lower()
-    chk = _polymod(b"\x00" * 6, _polymod(data5, _polymod(_hrp_expand(hrp)))) ^ 1
-    out = [hrp, "1"]
-    for v in data5:
-        out.append(_BECH32[v])
-    for i in range(6):
-        out.append(_BECH32[(chk >> (5 * (5 - i))) & 31])
-    s = "".join(out)
-    if len(s) > _BECH32_MAX:
+    h = hrp.lower().encode()
+    chk = _polymod(b"\x00" * 6, _polymod(data5, _polymod(_hrp_expand(h)))) ^ 1
+    n = len(h) + 1 + len(data5) + 6
+    if n > _BECH32_MAX:
         raise EncodingError("bech32: longer than 90 characters")
-    return s
+    out = bytearray(n)
+    out[: len(h)] = h
+    k = len(h)
+    out[k] = 0x31  # "1"
+    for v in data5:
+        k += 1
+        out[k] = _BECH32[v]
+    for i in range(6):
+        k += 1
+        out[k] = _BECH32[(chk >> (5 * (5 - i))) & 31]
+    return out.decode()
 
 
 def bech32_decode(text):
@@ -169,19 +195,20 @@ def bech32_decode(text):
     pos = text.rfind("1")
     if pos < 1 or pos + 7 > len(text) or len(text) > _BECH32_MAX:
         raise EncodingError("bech32: bad separator position or length")
-    hrp = text[:pos]
-    for c in hrp:
-        if not 33 <= ord(c) <= 126:
+    raw = text.encode()
+    pos = raw.rfind(b"1")  # a byte index from here on (text may not be ASCII)
+    for i in range(pos):
+        if not 33 <= raw[i] <= 126:
             raise EncodingError("bech32: bad character in prefix")
     data = bytearray()
-    for c in text[pos + 1 :]:
-        v = _BECH32.find(c)
+    for i in range(pos + 1, len(raw)):
+        v = _BECH32.find(raw[i])
         if v < 0:
-            raise EncodingError("bech32: bad character %r" % c)
+            raise EncodingError("bech32: bad character %r" % _char_at(raw, i))
         data.append(v)
-    if _polymod(data, _polymod(_hrp_expand(hrp))) != 1:
+    if _polymod(data, _polymod(_hrp_expand(raw[:pos]))) != 1:
         raise EncodingError("bech32: checksum mismatch")
-    return hrp, bytes(data[:-6])
+    return text[:pos], bytes(data[:-6])
 
 
 def bech32_address(hrp, payload):
