@@ -44,11 +44,19 @@ def intern_names():
     # MemoryError with 60 KB free, and every retry fails the same way. Done
     # here, on a quiet heap, it happens once, and later requests intern nothing
     # new: the heap is the same after every request, however many there are.
-    # Frozen firmware has no __file__ and no need: its names are in flash.
+    # Frozen modules need none of this (their names are in flash); without a
+    # listing of the package folder nothing is done.
     global _warm
     if _warm:
         return
     _warm = True  # set first: a fault below must not make every request retry
+    try:
+        _intern_all()
+    except Exception:  # noqa: BLE001 - an optimisation: requests work without it
+        pass
+
+
+def _intern_all():
     try:
         base = __file__
     except NameError:
@@ -57,19 +65,29 @@ def intern_names():
     import os
 
     i = base.rfind("/")
-    folder = base[:i] if i > 0 else "."
-    try:
-        names = [n for n in os.listdir(folder) if n.endswith(".mpy") or n.endswith(".py")]
-    except OSError:
-        return
     keep = set(sys.modules)
-    for n in names:
-        mod = n[: n.rfind(".")]
-        if mod == "__init__":
+    names = os.listdir(base[:i] if i > 0 else ".")
+    mods = [n[: n.rfind(".")] for n in names if n.endswith(".mpy") or n.endswith(".py")]
+    for m in mods:
+        if m == "__init__":
             continue
         try:
-            __import__("ioconnect." + mod)
+            __import__("ioconnect." + m)
         except Exception:  # noqa: BLE001 - a broken module fails where it is used, not here
             pass
         forget(keep)
         gc.collect()
+    # sys.modules and this package's namespace never shrink, and grow (a new,
+    # larger table) the first time a request holds more modules than any
+    # before. Size both now for all of ours at once, while the heap is quiet.
+    pkg = sys.modules["ioconnect"]
+    absent = [m for m in mods if not hasattr(pkg, m)]
+    for i in range(len(mods)):
+        sys.modules[i] = pkg  # int keys: no module is ever looked up by them
+    for m in absent:
+        setattr(pkg, m, None)
+    for i in range(len(mods)):
+        del sys.modules[i]
+    for m in absent:
+        delattr(pkg, m)
+    gc.collect()
