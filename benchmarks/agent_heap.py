@@ -13,6 +13,7 @@ same every time, so its own cost is the same in every figure.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -49,7 +50,7 @@ def block_size(board: SerialTransport) -> int:
     """Bytes per GC block: two consecutive map lines are 64 blocks apart."""
     out, _ = board.exec_raw(_MAP)
     offsets = [int(m[1], 16) for m in re.finditer(r"^([0-9a-f]{8}): ", out.decode(), re.M)]
-    steps = [b - a for a, b in zip(offsets, offsets[1:]) if b > a]
+    steps = [b - a for a, b in itertools.pairwise(offsets) if b > a]
     return min(steps) // 64
 
 

@@ -35,10 +35,11 @@ def intern_names():
     #
     # Why: loading a .mpy interns its names (functions, attributes, strings)
     # into MicroPython's qstr table, which lives on the heap and is never freed.
-    # The table grows by doubling: past its capacity (620 names on the port's
-    # dynamic pools) the next name needs one new pool of 640 entries, a single
-    # block of 4.5 KB (7 KB with 64-bit pointers), and the names' text goes
-    # into 128-byte chunks wherever the heap has a gap. Left to chance, that
+    # The table grows by doubling: once full (620 names on the unix port of
+    # the virtual board) the next name needs one new pool of twice the size,
+    # 640 entries in a single block (7 KB with 64-bit pointers, about 4.5 KB
+    # with 32-bit ones), and the names' text goes into 128-byte chunks
+    # wherever the heap has a gap. Left to chance, that
     # happens in the middle of some request (a rotate to ed25519 loading
     # sha512), when the request's own objects cut the free heap into pieces:
     # MemoryError with 60 KB free, and every retry fails the same way. Done
@@ -68,9 +69,8 @@ def _intern_all():
     keep = set(sys.modules)
     names = os.listdir(base[:i] if i > 0 else ".")
     mods = [n[: n.rfind(".")] for n in names if n.endswith(".mpy") or n.endswith(".py")]
+    mods = [m for m in mods if m != "__init__"]
     for m in mods:
-        if m == "__init__":
-            continue
         try:
             __import__("ioconnect." + m)
         except Exception:  # noqa: BLE001 - a broken module fails where it is used, not here
@@ -80,14 +80,13 @@ def _intern_all():
     # sys.modules and this package's namespace never shrink, and grow (a new,
     # larger table) the first time a request holds more modules than any
     # before. Size both now for all of ours at once, while the heap is quiet.
+    # (Placeholders, gone again before anything can import.)
     pkg = sys.modules["ioconnect"]
     absent = [m for m in mods if not hasattr(pkg, m)]
-    for i in range(len(mods)):
-        sys.modules[i] = pkg  # int keys: no module is ever looked up by them
     for m in absent:
+        sys.modules["ioconnect." + m] = pkg
         setattr(pkg, m, None)
-    for i in range(len(mods)):
-        del sys.modules[i]
     for m in absent:
+        del sys.modules["ioconnect." + m]
         delattr(pkg, m)
     gc.collect()
