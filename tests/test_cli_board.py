@@ -143,7 +143,9 @@ def test_rotate_after_requests_on_esp32(tmp_path: Path) -> None:
     # rotate ed25519; also rotate secp256k1, show, rotate p256), while 85 KB were
     # reported free. Not the firmware: the virtual board charged it for a doubling
     # of the VM's qstr pool (several KB) that a board never makes; power-on now
-    # opens that pool with the console (vm/_simboard.py _open_qstr_pool).
+    # opens that pool with the console (vm/_simboard.py _open_qstr_pool). The
+    # firmware's share (names interned mid-request, viper modules copied again per
+    # request) is tests/test_agent_heap.py's: it failed the same way without it.
     from ioconnect_host import agent
     from ioconnect_host.transport import SerialTransport
 
