@@ -35,16 +35,16 @@ def intern_names():
     #
     # Why: loading a .mpy interns its names (functions, attributes, strings)
     # into MicroPython's qstr table, which lives on the heap and is never freed.
-    # The table grows by doubling: once full (620 names on the unix port of
-    # the virtual board) the next name needs one new pool of twice the size,
-    # 640 entries in a single block (7 KB with 64-bit pointers, about 4.5 KB
-    # with 32-bit ones), and the names' text goes into 128-byte chunks
-    # wherever the heap has a gap. Left to chance, that
+    # The table grows by doubling: once full, the next name needs one new pool
+    # of twice the size in a single block (640 entries: about 4.5 KB with
+    # 32-bit pointers, 7 KB with 64-bit ones), and the names' text goes into
+    # 128-byte chunks wherever the heap has a gap. Left to chance, that
     # happens in the middle of some request (a rotate to ed25519 loading
     # sha512), when the request's own objects cut the free heap into pieces:
-    # MemoryError with 60 KB free, and every retry fails the same way. Done
-    # here, on a quiet heap, it happens once, and later requests intern nothing
-    # new: the heap is the same after every request, however many there are.
+    # MemoryError with 60 KB free, and every retry fails the same way; and
+    # each chunk stays as an island in what was free. Done here, on a quiet
+    # heap, it happens once, and later requests intern nothing new: the heap
+    # is the same after every request, however many there are.
     # Frozen modules need none of this (their names are in flash); without a
     # listing of the package folder nothing is done.
     global _warm
