@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,8 +119,19 @@ def _allow_many_files() -> None:
 
 def _install_firmware_if_blank(flash: Path) -> None:
     # A new board is "flashed" once; later starts keep whatever the user deployed.
-    if not (flash / "ioconnect").exists():
-        shutil.copytree(host_build(), flash, dirs_exist_ok=True)
+    # Copied beside the flash, then renamed in, the package last: a flash that has
+    # ioconnect/ has all of it, even when two starts race (the lock refuses one later).
+    if (flash / "ioconnect").exists():
+        return
+    flash.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".install-", dir=flash.parent))
+    try:
+        shutil.copytree(host_build(), tmp, dirs_exist_ok=True)
+        for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "ioconnect"):
+            with contextlib.suppress(OSError):  # ioconnect/ already there: another start won
+                os.replace(entry, flash / entry.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def start_board(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import selectors
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ioconnect_host.errors import IoconnectError
-from ioconnect_host.firmware import compile_module, host_mpy_arch
+from ioconnect_host.firmware import cached_build, compile_module, host_mpy_arch
 from ioconnect_host.vm import micropython_command
 
 from .interrupt import interrupt_safely
@@ -82,19 +83,31 @@ def compile_vm_lib(dest: Path) -> Path:
     They are compiled to native code: it keeps off the heap, and a native frame
     adds no traceback entry, so a user's error shows only the user's frames, as
     on a board (``machine.Pin(99)`` fails in ``<stdin>``, not in ``machine.py``).
+
+    Safe across processes (a fleet shares one ``dest``): the .mpy files are built
+    into a folder named by a hash of the sources, renamed into place complete, and
+    ``dest`` is a symlink switched to it in one step; a VM never sees half a lib.
     """
-    dest.mkdir(parents=True, exist_ok=True)
     arch = host_mpy_arch()
-    stamp = dest / ".native"  # .mpy files from before native builds are rebuilt
-    fresh = not stamp.exists()
-    for src in vm_dir().glob("*.py"):
-        out = dest / (src.stem + ".mpy")
-        if not fresh and out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
-            continue
-        tmp = out.with_suffix(".tmp")
-        tmp.write_bytes(compile_module(src, mpy_arch=arch, source_name=src.name, native=True))
-        tmp.replace(out)
-    stamp.touch()
+    sources = sorted(vm_dir().glob("*.py"))
+    digest = hashlib.sha256(arch.encode() + b" native")
+    for src in sources:
+        digest.update(src.name.encode() + b"\0" + src.read_bytes())
+    build = dest.with_name(f".{dest.name}-{digest.hexdigest()[:16]}")
+
+    def compile_all(folder: Path) -> None:
+        for src in sources:
+            data = compile_module(src, mpy_arch=arch, source_name=src.name, native=True)
+            (folder / (src.stem + ".mpy")).write_bytes(data)
+
+    cached_build(build, compile_all)
+    if not (dest.is_symlink() and os.readlink(dest) == build.name):
+        link = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.link")
+        link.unlink(missing_ok=True)
+        link.symlink_to(build.name)
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)  # compiled in place by an older version: may be half-written
+        os.replace(link, dest)
     return dest
 
 
