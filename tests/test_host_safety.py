@@ -6,6 +6,7 @@ the MicroPython VM behind a pty.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -93,10 +94,8 @@ def test_vm_lib_appears_complete_or_not_at_all(tmp_path: Path) -> None:
     seen: list[str] = []
     while proc.poll() is None and not seen:
         # What a VM starting now would find on its import path.
-        try:
+        with contextlib.suppress(OSError):
             seen = sorted(p.name for p in dest.iterdir() if p.suffix == ".mpy")
-        except OSError:
-            pass
     assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
     assert seen in ([], want)  # [] only if the build finished between two looks
     assert sorted(p.name for p in dest.iterdir()) == want
