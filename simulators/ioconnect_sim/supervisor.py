@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -28,13 +27,14 @@ import time
 import tty
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from ioconnect_host.errors import IoconnectError
 from ioconnect_host.firmware import cached_build, compile_module, host_mpy_arch
 from ioconnect_host.vm import micropython_command
 
+from .boardlog import DEFAULT_LOG_LIMIT, RotatingLog
 from .interrupt import interrupt_safely
+from .statelock import StateLockedError, hold_state_lock, open_control
 
 __all__ = [
     "RESET_CAUSES",
@@ -122,6 +122,7 @@ class SimConfig:
     seed: int = 0
     preload: list[str] = field(default_factory=list)
     vm_cache: Path | None = None  # compiled console/shims; shared by a fleet (default: state_dir)
+    log_limit: int = DEFAULT_LOG_LIMIT  # bytes per console.log file (one rotated file kept)
 
     @property
     def flash_dir(self) -> Path:
@@ -143,7 +144,7 @@ def write_faults(state_dir: Path, changes: dict[str, object]) -> dict[str, objec
     text = json.dumps(state).encode()
     if len(text) > _FAULTS_SIZE:
         raise ValueError("fault state too large")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         os.pwrite(fd, text.ljust(_FAULTS_SIZE), 0)
     finally:
@@ -179,7 +180,8 @@ class VirtualBoard:
         self._thread: threading.Thread | None = None
         self._wake_r = self._wake_w = -1  # made by start()
         self._pending_boot: tuple[bool, str] | None = None
-        self._log: BinaryIO | None = None
+        self._log: RotatingLog | None = None
+        self._ctl = -1  # the state folder's control FIFO (statelock.open_control)
         self._vmlib = Path()
         self._cr = False
         self._ready = False  # the console in the current VM is running
@@ -202,7 +204,8 @@ class VirtualBoard:
         cfg = self.config
         if self._running:
             return self.port
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        cfg.state_dir.chmod(0o700)  # flash holds the identity key, the log what the board printed
         self._lock_state()
         # Fresh plumbing on every start, so a stopped board can be powered on again.
         self._sel = selectors.DefaultSelector()
@@ -213,7 +216,7 @@ class VirtualBoard:
         self._pending.clear()
         self._running = True
         cfg.flash_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(cfg.state_dir / "console.log", "ab")  # noqa: SIM115 - lives with the board
+        self._log = RotatingLog(cfg.state_dir / "console.log", cfg.log_limit)
         self._vmlib = compile_vm_lib(cfg.vm_cache or cfg.state_dir / "vmlib")
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # no echo, no newline translation, no signals
@@ -223,6 +226,8 @@ class VirtualBoard:
         self._heap = self._vm_heap()
         self._sel.register(self._master, selectors.EVENT_READ, "host")
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._ctl = open_control(cfg.state_dir)  # `sim stop` / `sim fault --power-cut`
+        self._sel.register(self._ctl, selectors.EVENT_READ, "ctl")
         # Every VM is started by the relay thread (see _boot: it dies with it).
         self._next, self._boot_at = (False, "power_on"), time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"sim-{cfg.name}", daemon=True)
@@ -236,16 +241,15 @@ class VirtualBoard:
         # One board per state folder, across processes: two VMs writing one
         # flash (an identity key!) would lose data. The kernel drops the lock
         # when this process dies.
-        fd = os.open(self.config.state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        # The lock also tells other processes which process runs this board
+        # (statelock.lock_holder): `sim list` and `sim stop` trust nothing else.
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            self._lock_fd = hold_state_lock(self.config.state_dir, self.config.name)
+        except StateLockedError:
             raise StateInUseError(
                 f"{self.config.state_dir} is in use by another virtual board",
                 hint="stop it first, or give this one its own --state folder",
             ) from None
-        self._lock_fd = fd
 
     def stop(self) -> None:
         """Power off and close the port (a no-op when not running)."""
@@ -257,11 +261,11 @@ class VirtualBoard:
         if self._thread:
             self._thread.join(timeout=5)
         self._kill()
-        for fd in (self._master, self._slave, self._wake_r, self._wake_w):
+        for fd in (self._master, self._slave, self._wake_r, self._wake_w, self._ctl):
             with contextlib.suppress(OSError):
                 os.close(fd)
         # Closed numbers get reused by other files: never write to them again.
-        self._master = self._slave = self._wake_r = self._wake_w = -1
+        self._master = self._slave = self._wake_r = self._wake_w = self._ctl = -1
         if self._log:
             self._log.close()
             self._log = None
@@ -340,6 +344,7 @@ class VirtualBoard:
                 cwd=cfg.state_dir,
                 timeout=60,
                 check=False,
+                umask=0o077,
             )
             for line in done.stderr.splitlines():
                 if line.startswith(_CTL_PREFIX + b"overhead "):
@@ -366,6 +371,7 @@ class VirtualBoard:
             cwd=cfg.state_dir,
             env=self._env(cause),
             start_new_session=True,  # a Ctrl-C in the user's terminal is not the board's
+            umask=0o077,  # files the board writes (identity.key) are this user's only
         )
         assert self._proc.stdout and self._proc.stderr
         for stream, what in ((self._proc.stdout, "out"), (self._proc.stderr, "err")):
@@ -437,6 +443,8 @@ class VirtualBoard:
                     self._from_vm()
                 elif what == "err":
                     self._from_vm_err()
+                elif what == "ctl":
+                    self._from_control()
             self._check_wdt()
             self._check_vm()
 
@@ -511,8 +519,7 @@ class VirtualBoard:
             prev_cr = b == 13
         self._cr = prev_cr
         if self._log:
-            self._log.write(out)
-            self._log.flush()
+            self._log.write(bytes(out))
         self._to_host += out
         if len(self._to_host) > _OUT_LIMIT:  # nobody is reading: drop the oldest, as a UART would
             del self._to_host[: len(self._to_host) - _OUT_LIMIT]
@@ -533,6 +540,18 @@ class VirtualBoard:
                 self._control(line[len(_CTL_PREFIX) :].decode())
             elif self._log:
                 self._log.write(b"[vm stderr] " + line + b"\n")
+
+    def _from_control(self) -> None:
+        try:
+            words = os.read(self._ctl, 512).split()
+        except BlockingIOError:
+            return
+        for word in words:
+            if word == b"stop":
+                # stop() joins this relay thread, so another thread runs it.
+                threading.Thread(target=self.stop, name="sim-stop", daemon=True).start()
+            elif word == b"power-cut":
+                self.power_cut()
 
     def _control(self, msg: str) -> None:
         # Lines from the VM's shims (see vm/_simboard.py ctl()).
