@@ -10,6 +10,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -19,11 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import serial
 from ioconnect_host.boards import load_board
 from ioconnect_host.cli import main
 from ioconnect_host.errors import VMError
 from ioconnect_host.paths import firmware_dir
-from ioconnect_host.transport import PortError, SerialTransport
+from ioconnect_host.transport import PortError, SerialTransport, TransportError
 from ioconnect_host.vm import run_script
 from ioconnect_sim.launch import list_running, start_board, stop_running
 from ioconnect_sim.supervisor import SimConfig, VirtualBoard, compile_vm_lib, vm_dir
@@ -291,3 +293,99 @@ def test_stop_running_stops_a_board_of_this_process(home: Path, tmp_path: Path) 
         again.stop()
     finally:
         vb.stop()
+
+
+# -- bounded buffers ----------------------------------------------------------------
+
+
+@pytest.fixture
+def quiet_board(tmp_path: Path) -> Iterator[VirtualBoard]:
+    vb = small_log_board(tmp_path / "state", 1 << 20)
+    vb.start()
+    yield vb
+    vb.stop()
+
+
+def test_read_until_gives_up_after_its_byte_cap(quiet_board: VirtualBoard) -> None:
+    with SerialTransport(quiet_board.port, max_reply_bytes=3000) as t:
+        with pytest.raises(TransportError) as err:
+            t.exec("print('z' * 20000)")
+        m = re.fullmatch(
+            r"\S+: (\d+) bytes arrived without b'\\x04' while running code "
+            r"\(more than the 3000 allowed\) \(is the board printing without end\?\)",
+            str(err.value),
+        )
+        assert m, str(err.value)
+        assert 3000 < int(m.group(1)) <= 20000
+        # The next call starts over with the board (Ctrl-C, raw REPL) and works.
+        assert t.eval("6 * 7") == 42
+
+
+def test_host_input_waits_while_the_vm_does_not_read(quiet_board: VirtualBoard) -> None:
+    port = serial.Serial(quiet_board.port, timeout=0.1)
+    try:
+        port.write(b"import time; time.sleep(20)\r")  # the console stops reading its input
+        time.sleep(0.5)
+        fd = port.fileno()
+        os.set_blocking(fd, False)
+        chunk, accepted, idle_since = b"a" * 65536, 0, time.monotonic()
+        while accepted < 8 << 20 and time.monotonic() - idle_since < 1.0:
+            try:
+                accepted += os.write(fd, chunk)
+                idle_since = time.monotonic()
+            except BlockingIOError:
+                time.sleep(0.01)
+        # The VM's pipe, the supervisor's bound and the pty's buffer: well under 1 MiB,
+        # the rest of the 8 MiB is still the host's to send.
+        assert accepted < 1 << 20
+    finally:
+        port.close()
+
+
+def test_vm_stderr_line_without_end_is_cut(quiet_board: VirtualBoard) -> None:
+    code = "import sys\nfor i in range(50):\n    sys.stderr.write('e' * 1000)\n"
+    with SerialTransport(quiet_board.port) as t:
+        t.exec(code + "sys.stderr.write('\\n')")
+        t.exec("sys.stderr.write('after\\n')")
+    log = (quiet_board.config.state_dir / "console.log").read_bytes()
+    deadline = time.monotonic() + 5
+    while b"[vm stderr] after\n" not in log and time.monotonic() < deadline:
+        time.sleep(0.05)
+        log = (quiet_board.config.state_dir / "console.log").read_bytes()
+    # (The VM's stdout may land in the log between two stderr lines.)
+    assert b"[vm stderr] " + b"e" * 4096 + b" [cut]\n" in log
+    assert b"[sim] 45904 more bytes dropped\n" in log
+    assert b"e" * 4097 not in log
+    assert b"[vm stderr] after\n" in log
+
+
+def output(log: bytes) -> bytes:
+    """What the board printed, without the supervisor's notes in the log."""
+    return re.sub(rb"\r\n\[sim\] [^\r]*\r\n", b"", log)
+
+
+def test_output_for_a_host_that_does_not_read_is_dropped_saying_so(
+    quiet_board: VirtualBoard,
+) -> None:
+    log_path = quiet_board.config.state_dir / "console.log"
+    line = b"y" * 99 + b"\r\n"
+    port = serial.Serial(quiet_board.port, timeout=0.1)
+    try:
+        port.write(b"for i in range(4000): print('y' * 99)\r\r")  # 404000 bytes, not read
+        deadline = time.monotonic() + 30
+        while output(log_path.read_bytes()).count(line) < 4000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        got = b""
+        while not got.endswith(line + b">>> ") and time.monotonic() < deadline:
+            got += port.read(65536)
+    finally:
+        port.close()
+    log = log_path.read_bytes()
+    assert output(log).count(line) == 4000  # the log keeps all of it
+    assert b"\r\n[sim] the host is not reading: dropping the oldest output\r\n" in log
+    m = re.search(rb"\r\n\[sim\] the host reads again; (\d+) bytes dropped\r\n", log)
+    assert m, log[-300:]
+    # The host got the newest output, up to the prompt; what it missed was counted.
+    assert got.endswith(line + b">>> ")
+    assert got.count(line) < 4000
+    assert len(got) + int(m.group(1)) == len(output(log))

@@ -55,6 +55,8 @@ RESET_CAUSES = {"power_on": 1, "hard": 2, "wdt": 3, "deepsleep": 4, "soft": 5}
 
 _CTL_PREFIX = b"\x1b[ioc "
 _OUT_LIMIT = 1 << 16  # bytes kept for a host that is not reading
+_IN_LIMIT = 1 << 16  # host bytes held for a VM that is not reading; then the pty waits
+_ERR_LINE_LIMIT = 4096  # longest stderr line of the VM kept whole (control lines are short)
 _FAULTS_SIZE = 1024
 _SIGINT_GAP_S = 0.05
 # A VM must not outlive its supervisor (killed by a timeout, or SIGKILLed): the
@@ -175,6 +177,9 @@ class VirtualBoard:
         self._to_vm = bytearray()
         self._to_host = bytearray()
         self._stderr_buf = bytearray()
+        self._stderr_dropped = 0  # bytes dropped of the VM's current overlong stderr line
+        self._host_paused = False  # the pty is not read: the VM has not taken what it got
+        self._host_dropped = 0  # output dropped since the host last read
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -214,6 +219,7 @@ class VirtualBoard:
         self._to_vm.clear()
         self._to_host.clear()
         self._pending.clear()
+        self._host_paused = False  # a fresh selector, with the pty registered below
         self._running = True
         cfg.flash_dir.mkdir(parents=True, exist_ok=True)
         self._log = RotatingLog(cfg.state_dir / "console.log", cfg.log_limit)
@@ -427,6 +433,7 @@ class VirtualBoard:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._flush()
+            self._throttle_host()
             timeout = 0.2
             if self._boot_at is not None:
                 timeout = max(0.0, min(timeout, self._boot_at - time.monotonic()))
@@ -452,6 +459,22 @@ class VirtualBoard:
         if self._wdt_timeout_s and time.monotonic() > self._wdt_deadline:
             self._wdt_timeout_s = 0.0
             self._restart(False, "wdt")
+
+    def _throttle_host(self) -> None:
+        # Input is bounded by backpressure, as a board's USB CDC NAKs the host while
+        # its buffer is full: while the VM leaves its input unread, the pty is not
+        # read either, so the host's write blocks (pyserial: write timeout, "the board
+        # stopped reading"). Nothing the host sent is dropped; a Ctrl-C waits in line
+        # as it would on the board.
+        backlog = len(self._to_vm) + sum(1 if p is None else len(p) for p in self._pending)
+        pause = backlog >= _IN_LIMIT
+        if pause == self._host_paused:
+            return
+        if pause:
+            self._sel.unregister(self._master)
+        else:
+            self._sel.register(self._master, selectors.EVENT_READ, "host")
+        self._host_paused = pause
 
     def _from_host(self) -> None:
         try:
@@ -521,8 +544,15 @@ class VirtualBoard:
         if self._log:
             self._log.write(bytes(out))
         self._to_host += out
-        if len(self._to_host) > _OUT_LIMIT:  # nobody is reading: drop the oldest, as a UART would
-            del self._to_host[: len(self._to_host) - _OUT_LIMIT]
+        # Output is not held back: a UART console never waits for a host, and a board
+        # with no terminal attached must not hang in print(). The oldest is dropped,
+        # saying so in the log (which keeps all of it).
+        excess = len(self._to_host) - _OUT_LIMIT
+        if excess > 0:
+            del self._to_host[:excess]
+            if not self._host_dropped:
+                self._log_line("\r\n[sim] the host is not reading: dropping the oldest output\r")
+            self._host_dropped += excess
 
     def _from_vm_err(self) -> None:
         proc = self._proc
@@ -536,10 +566,25 @@ class VirtualBoard:
         while b"\n" in self._stderr_buf:
             line, _, rest = bytes(self._stderr_buf).partition(b"\n")
             self._stderr_buf = bytearray(rest)
-            if line.startswith(_CTL_PREFIX):
+            if self._stderr_dropped:  # the end of a line cut below
+                self._log_line(f"[sim] {self._stderr_dropped + len(line)} more bytes dropped")
+                self._stderr_dropped = 0
+            elif line.startswith(_CTL_PREFIX):
                 self._control(line[len(_CTL_PREFIX) :].decode())
-            elif self._log:
-                self._log.write(b"[vm stderr] " + line + b"\n")
+            else:
+                self._log_line("[vm stderr] ", line)
+        # A line without end (user code writing to stderr) must not grow without bound.
+        if len(self._stderr_buf) > _ERR_LINE_LIMIT:
+            if not self._stderr_dropped:
+                head = bytes(self._stderr_buf[:_ERR_LINE_LIMIT])
+                self._log_line("[vm stderr] ", head + b" [cut]")
+                del self._stderr_buf[:_ERR_LINE_LIMIT]
+            self._stderr_dropped += len(self._stderr_buf)
+            self._stderr_buf.clear()
+
+    def _log_line(self, head: str, line: bytes = b"") -> None:
+        if self._log:
+            self._log.write(head.encode() + line + b"\n")
 
     def _from_control(self) -> None:
         try:
@@ -607,6 +652,10 @@ class VirtualBoard:
                 del self._to_host[:n]
             except BlockingIOError:
                 pass
+            else:
+                if self._host_dropped:
+                    dropped, self._host_dropped = self._host_dropped, 0
+                    self._log_line(f"\r\n[sim] the host reads again; {dropped} bytes dropped\r")
 
     def _check_vm(self) -> None:
         with self._lock:
