@@ -261,7 +261,7 @@ def start_detached(
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for rec in list_running():
-            if rec.name == name and rec.pid == proc.pid:
+            if rec.name == name and rec.pid == proc.pid and rec.own_process:
                 return rec
         if proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
@@ -330,9 +330,15 @@ def _kill_holder(rec: RunningBoard) -> None:
         pidfd = os.pidfd_open(rec.pid)
     except ProcessLookupError:
         return
+    except OSError:  # a kernel before 5.3: the start-time check alone
+        pidfd = -1
     try:
         if process_start_time(rec.pid) == holder.start_time:
             with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                if pidfd >= 0:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                else:
+                    os.kill(rec.pid, signal.SIGKILL)
     finally:
-        os.close(pidfd)
+        if pidfd >= 0:
+            os.close(pidfd)

@@ -108,8 +108,15 @@ def compile_vm_lib(dest: Path) -> Path:
         link.unlink(missing_ok=True)
         link.symlink_to(build.name)
         if dest.is_dir() and not dest.is_symlink():
-            shutil.rmtree(dest)  # compiled in place by an older version: may be half-written
-        os.replace(link, dest)
+            # Compiled in place by an older version (may be half-written); another
+            # process may be removing it too.
+            shutil.rmtree(dest, ignore_errors=True)
+        try:
+            os.replace(link, dest)
+        except OSError:
+            link.unlink(missing_ok=True)
+            if not (dest.is_symlink() and os.readlink(dest) == build.name):
+                raise
     return dest
 
 
@@ -171,6 +178,7 @@ class VirtualBoard:
         self._master = -1
         self._slave = -1
         self._running = False
+        self._stop_claim = threading.Lock()
         self._lock_fd = -1
         self._proc: subprocess.Popen[bytes] | None = None
         self._sel = selectors.DefaultSelector()
@@ -226,6 +234,7 @@ class VirtualBoard:
         self._vmlib = compile_vm_lib(cfg.vm_cache or cfg.state_dir / "vmlib")
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # no echo, no newline translation, no signals
+        os.fchmod(self._slave, 0o600)  # not the tty group's to write: keys pass through here
         os.set_blocking(self._master, False)
         self.port = os.ttyname(self._slave)
         self._write_sim_json()
@@ -259,9 +268,10 @@ class VirtualBoard:
 
     def stop(self) -> None:
         """Power off and close the port (a no-op when not running)."""
-        if not self._running:
-            return
-        self._running = False
+        with self._stop_claim:  # `sim stop` runs this from its own thread (_from_control)
+            if not self._running:
+                return
+            self._running = False
         self._stop.set()
         self._wake()
         if self._thread:
