@@ -207,7 +207,8 @@ def _write_record(rec: RunningBoard) -> None:
 def run_foreground(vb: VirtualBoard, board: str, on_ready: object = None) -> None:
     """Record ``vb`` as running, serve until SIGTERM/SIGINT, then clean up.
 
-    SIGUSR1 cuts the board's power (``ioconnect sim fault NAME --power-cut``).
+    SIGUSR1 cuts the board's power, as ``ioconnect sim fault NAME --power-cut``
+    does through the state folder (:func:`power_cut_running`).
     """
     cfg = vb.config
     rec = RunningBoard(cfg.name, board, vb.port, os.getpid(), str(cfg.state_dir), own_process=True)
