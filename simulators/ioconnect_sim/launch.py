@@ -192,7 +192,7 @@ def start_board(
     vb = VirtualBoard(config)
     vb.start()
     # Listed and stoppable from any process (`sim list`, `sim stop`) like a detached one.
-    _write_record(RunningBoard(name, board, vb.port, os.getpid(), str(state)))
+    _write_record(RunningBoard(name, board, vb.port, os.getpid(), str(state.absolute())))
     return vb
 
 
@@ -211,7 +211,8 @@ def run_foreground(vb: VirtualBoard, board: str, on_ready: object = None) -> Non
     does through the state folder (:func:`power_cut_running`).
     """
     cfg = vb.config
-    rec = RunningBoard(cfg.name, board, vb.port, os.getpid(), str(cfg.state_dir), own_process=True)
+    state = str(cfg.state_dir.absolute())  # read by processes with another cwd
+    rec = RunningBoard(cfg.name, board, vb.port, os.getpid(), state, own_process=True)
     _write_record(rec)
 
     def _stop(signum: int, frame: object) -> None:

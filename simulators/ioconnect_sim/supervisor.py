@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ioconnect_host.errors import IoconnectError
-from ioconnect_host.firmware import cached_build, compile_module, host_mpy_arch
+from ioconnect_host.firmware import build_tag, cached_build, compile_module, host_mpy_arch
 from ioconnect_host.vm import micropython_command
 
 from .boardlog import DEFAULT_LOG_LIMIT, RotatingLog
@@ -92,7 +92,7 @@ def compile_vm_lib(dest: Path) -> Path:
     """
     arch = host_mpy_arch()
     sources = sorted(vm_dir().glob("*.py"))
-    digest = hashlib.sha256(arch.encode() + b" native")
+    digest = hashlib.sha256(build_tag(arch) + b" native")
     for src in sources:
         digest.update(src.name.encode() + b"\0" + src.read_bytes())
     build = dest.with_name(f".{dest.name}-{digest.hexdigest()[:16]}")
