@@ -27,7 +27,8 @@ from ioconnect_host.errors import VMError
 from ioconnect_host.paths import firmware_dir
 from ioconnect_host.transport import PortError, SerialTransport, TransportError
 from ioconnect_host.vm import run_script
-from ioconnect_sim.launch import list_running, start_board, stop_running
+from ioconnect_sim.launch import list_running, start_board, start_detached, stop_running
+from ioconnect_sim.statelock import lock_holder
 from ioconnect_sim.supervisor import SimConfig, VirtualBoard, compile_vm_lib, vm_dir
 
 # A process that builds the firmware cache and reports every file it was given.
@@ -393,3 +394,23 @@ def test_output_for_a_host_that_does_not_read_is_dropped_saying_so(
     assert got.endswith(line + b">>> ")
     assert got.count(line) < 4000
     assert len(got) + int(m.group(1)) == len(output(log))
+
+
+def test_a_detached_board_that_does_not_stop_is_killed_and_only_it(home: Path) -> None:
+    rec = start_detached("esp32", name="stuck-dev")
+    assert rec.own_process
+    os.kill(rec.pid, signal.SIGSTOP)  # frozen: it cannot answer the stop request
+    try:
+        assert stop_running("stuck-dev", timeout_s=1.0) == rec
+        try:  # killed: a zombie (our child, not reaped yet), or reaped already
+            state = Path(f"/proc/{rec.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            state = "Z"
+        assert state == "Z"
+        assert lock_holder(Path(rec.state_dir)) is None
+        assert list_running() == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rec.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(rec.pid, 0)
