@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -64,7 +62,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _fault(args: argparse.Namespace) -> int:
-    from ioconnect_sim.launch import find_running
+    from ioconnect_sim.launch import find_running, power_cut_running
     from ioconnect_sim.supervisor import write_faults
 
     rec = find_running(args.name)
@@ -82,7 +80,7 @@ def _fault(args: argparse.Namespace) -> int:
     if changes:
         write_faults(Path(rec.state_dir), changes)
     if args.power_cut:
-        os.kill(rec.pid, signal.SIGUSR1)
+        power_cut_running(args.name)  # through the board's state folder, not a signal
     done = [f"{k}={v}" for k, v in changes.items()] + (["power cut"] if args.power_cut else [])
     print(f"{rec.name}: " + (", ".join(done) or "no change"))
     return 0

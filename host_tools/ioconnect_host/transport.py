@@ -22,7 +22,16 @@ import serial
 
 from .errors import DeviceError, IoconnectError
 
-__all__ = ["DeviceExecError", "PortError", "SerialTransport", "TransportError"]
+__all__ = [
+    "DEFAULT_MAX_REPLY_BYTES",
+    "DeviceExecError",
+    "PortError",
+    "SerialTransport",
+    "TransportError",
+]
+
+#: Bytes one answer of the board may take (a program's output, a file read back).
+DEFAULT_MAX_REPLY_BYTES = 16 << 20
 
 # Console control bytes (MicroPython pyexec).
 _CTRL_A = b"\x01"  # enter raw REPL
@@ -79,6 +88,8 @@ class SerialTransport:
         baudrate: serial speed (ignored by USB CDC and sockets).
         byte_timeout_s: longest silence tolerated while the board should answer.
         exclusive: lock a local port so two programs never share one board.
+        max_reply_bytes: most bytes kept while waiting for one answer (a board that
+            prints without end must not fill the host's memory).
 
     Raises:
         PortError: the port cannot be opened.
@@ -91,9 +102,11 @@ class SerialTransport:
         baudrate: int = 115200,
         byte_timeout_s: float = 2.0,
         exclusive: bool = True,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
     ) -> None:
         self.port = port
         self.byte_timeout_s = byte_timeout_s
+        self.max_reply_bytes = max_reply_bytes
         self._rx = bytearray()
         self._use_raw_paste = True
         self.in_raw_repl = False
@@ -156,18 +169,40 @@ class SerialTransport:
         self._rx += chunk
         return bool(chunk)
 
-    def read_until(self, marker: bytes, *, timeout_s: float | None = None, what: str) -> bytes:
+    def read_until(
+        self,
+        marker: bytes,
+        *,
+        timeout_s: float | None = None,
+        max_bytes: int | None = None,
+        what: str,
+    ) -> bytes:
         """Bytes up to and including ``marker``.
 
-        Fails after ``byte_timeout_s`` of silence, or ``timeout_s`` overall if given.
+        Fails after ``byte_timeout_s`` of silence, ``timeout_s`` overall if given, or
+        once ``max_bytes`` (default ``max_reply_bytes``) arrived without the marker.
+
+        Raises:
+            TransportError: one of those limits was reached.
         """
+        cap = self.max_reply_bytes if max_bytes is None else max_bytes
         start = last = time.monotonic()
+        searched = 0  # bytes of _rx already known not to start the marker
         while True:
-            i = self._rx.find(marker)
+            i = self._rx.find(marker, searched)
             if i >= 0:
                 out = bytes(self._rx[: i + len(marker)])
                 del self._rx[: i + len(marker)]
                 return out
+            searched = max(0, len(self._rx) - len(marker) + 1)
+            if len(self._rx) > cap:
+                got = len(self._rx)
+                self._rx.clear()  # out of step with the board now; exec_raw resyncs
+                raise TransportError(
+                    f"{self.port}: {got} bytes arrived without {marker!r} while {what}"
+                    f" (more than the {cap} allowed)",
+                    hint="is the board printing without end?",
+                )
             now = time.monotonic()
             if timeout_s is not None and now - start > timeout_s:
                 raise self._timeout(what, timeout_s)  # even while output keeps coming

@@ -41,7 +41,9 @@ def run_script(
         fs_dir: folder used as the VM's current directory (created if missing).
         heap: heap size, e.g. ``"96K"``.
         timeout_s: give up after this many seconds.
-        extra_path: folders put on the VM's import path before the firmware.
+        extra_path: the VM's import path in place of the shipped firmware source, e.g.
+            ``[host_build()]``. The source is then not on the path at all: a module
+            missing from a build is an ImportError, never compiled in the board's heap.
 
     Returns:
         What the script printed on stdout.
@@ -54,13 +56,19 @@ def run_script(
         '2'
     """
     fs_dir.mkdir(parents=True, exist_ok=True)
-    path = [str(p) for p in (extra_path or [])] + [str(firmware_dir())]
+    path = [str(p) for p in (extra_path or [firmware_dir()])]
     env = dict(os.environ, MICROPYPATH=":".join(path))
     # "-c" keeps the script off the device filesystem.
     argv = [*micropython_command(heap), "-c", code]
     try:
         done = subprocess.run(
-            argv, cwd=fs_dir, env=env, capture_output=True, timeout=timeout_s, check=False
+            argv,
+            cwd=fs_dir,
+            env=env,
+            capture_output=True,
+            timeout=timeout_s,
+            check=False,
+            umask=0o077,  # what the device writes (its key!) is private to this user
         )
     except subprocess.TimeoutExpired as exc:
         raise VMError(f"MicroPython did not finish within {timeout_s:.0f} s") from exc

@@ -2,8 +2,10 @@
 
 A board's state folder holds its flash (the device filesystem: firmware,
 identity, config), its console log and its fault settings; it persists across
-restarts. Running boards are recorded in ``$IOCONNECT_HOME/run/<name>.json``
-(default ``~/.ioconnect``) so ``sim list`` and ``sim stop`` find detached ones.
+restarts. Running boards, detached or inside any Python program, are recorded
+in ``$IOCONNECT_HOME/run/<name>.json`` (default ``~/.ioconnect``) so ``sim list``
+and ``sim stop`` find them; whether a record's board still runs is decided by its
+state folder's lock (see statelock), never by a pid alone.
 
 Example:
     >>> board = start_board("rpi-pico", name="dev1")
@@ -23,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +35,8 @@ from ioconnect_host.errors import IoconnectError
 from ioconnect_host.firmware import host_build, host_mpy_arch
 from ioconnect_host.paths import home
 
+from .boardlog import open_private_append, rotate_if_larger
+from .statelock import lock_holder, process_start_time, send_control
 from .supervisor import SimConfig, VirtualBoard
 
 __all__ = [
@@ -40,6 +45,7 @@ __all__ = [
     "default_state_dir",
     "find_running",
     "list_running",
+    "power_cut_running",
     "run_foreground",
     "start_board",
     "start_detached",
@@ -53,13 +59,19 @@ class SimError(IoconnectError):
 
 @dataclass(frozen=True)
 class RunningBoard:
-    """A virtual board that is running now, as recorded by its supervisor."""
+    """A virtual board that is running now, as recorded by its supervisor.
+
+    ``own_process``: the pid runs only this board (``sim start``), so ``sim stop``
+    may kill it if it does not stop when asked; otherwise the board lives inside
+    another program (``start_board``), which is asked to stop but never killed.
+    """
 
     name: str
     board: str
     port: str
     pid: int
     state_dir: str
+    own_process: bool = False
 
 
 def default_state_dir(name: str) -> Path:
@@ -71,27 +83,27 @@ def _record_path(name: str) -> Path:
     return home() / "run" / f"{name}.json"
 
 
-def _alive(pid: int) -> bool:
-    """True if ``pid`` is a virtual-board supervisor (not a process that got its number)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"ioconnect" in cmdline
+def _alive(rec: RunningBoard) -> bool:
+    """True if the recorded process holds the board's state lock now, as that board."""
+    holder = lock_holder(Path(rec.state_dir))
+    return holder is not None and (holder.pid, holder.name) == (rec.pid, rec.name)
 
 
 def list_running() -> list[RunningBoard]:
-    """Boards whose supervisor is alive; stale records are removed."""
+    """Boards that run now; records of boards that stopped are removed."""
     out = []
     for path in sorted((home() / "run").glob("*.json")):
         try:
-            rec = RunningBoard(**json.loads(path.read_text()))
+            text = path.read_text()
+            rec = RunningBoard(**json.loads(text))
         except (OSError, ValueError, TypeError):
             continue
-        if _alive(rec.pid):
+        if _alive(rec):
             out.append(rec)
         else:
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                if path.read_text() == text:  # not rewritten by a board starting meanwhile
+                    path.unlink()
     return out
 
 
@@ -107,6 +119,9 @@ def find_running(name: str) -> RunningBoard:
     raise SimError(f"no virtual board named {name!r} is running", hint="see `ioconnect sim list`")
 
 
+_SUPERVISOR_LOG_LIMIT = 1 << 20
+
+
 @functools.lru_cache(maxsize=1)
 def _allow_many_files() -> None:
     # About ten descriptors per board (pty, pipes, log): a fleet of 100 needs more
@@ -118,8 +133,19 @@ def _allow_many_files() -> None:
 
 def _install_firmware_if_blank(flash: Path) -> None:
     # A new board is "flashed" once; later starts keep whatever the user deployed.
-    if not (flash / "ioconnect").exists():
-        shutil.copytree(host_build(), flash, dirs_exist_ok=True)
+    # Copied beside the flash, then renamed in, the package last: a flash that has
+    # ioconnect/ has all of it, even when two starts race (the lock refuses one later).
+    if (flash / "ioconnect").exists():
+        return
+    flash.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".install-", dir=flash.parent))
+    try:
+        shutil.copytree(host_build(), tmp, dirs_exist_ok=True)
+        for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "ioconnect"):
+            with contextlib.suppress(OSError):  # ioconnect/ already there: another start won
+                os.replace(entry, flash / entry.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def start_board(
@@ -147,12 +173,12 @@ def start_board(
         BoardError: unknown or invalid board definition.
     """
     for rec in list_running():
-        if rec.name == name and rec.pid != os.getpid():
+        if rec.name == name:
             raise SimError(f"a virtual board named {name!r} is already running on {rec.port}")
     spec = load_board(board)
     _allow_many_files()
     state = state_dir or default_state_dir(name)
-    state.mkdir(parents=True, exist_ok=True)
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
     config = SimConfig(
         name=name,
         board=spec.vm_config(),
@@ -165,6 +191,8 @@ def start_board(
     _install_firmware_if_blank(config.flash_dir)
     vb = VirtualBoard(config)
     vb.start()
+    # Listed and stoppable from any process (`sim list`, `sim stop`) like a detached one.
+    _write_record(RunningBoard(name, board, vb.port, os.getpid(), str(state.absolute())))
     return vb
 
 
@@ -179,9 +207,12 @@ def _write_record(rec: RunningBoard) -> None:
 def run_foreground(vb: VirtualBoard, board: str, on_ready: object = None) -> None:
     """Record ``vb`` as running, serve until SIGTERM/SIGINT, then clean up.
 
-    SIGUSR1 cuts the board's power (``ioconnect sim fault NAME --power-cut``).
+    SIGUSR1 cuts the board's power, as ``ioconnect sim fault NAME --power-cut``
+    does through the state folder (:func:`power_cut_running`).
     """
-    rec = RunningBoard(vb.config.name, board, vb.port, os.getpid(), str(vb.config.state_dir))
+    cfg = vb.config
+    state = str(cfg.state_dir.absolute())  # read by processes with another cwd
+    rec = RunningBoard(cfg.name, board, vb.port, os.getpid(), state, own_process=True)
     _write_record(rec)
 
     def _stop(signum: int, frame: object) -> None:
@@ -215,20 +246,24 @@ def start_detached(
         if rec.name == name:
             raise SimError(f"a virtual board named {name!r} is already running on {rec.port}")
     state = state_dir or default_state_dir(name)
-    state.mkdir(parents=True, exist_ok=True)
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "ioconnect_sim", "--board", board, "--name", name]
     argv += ["--state", str(state), "--seed", str(seed)]
     if heap:
         argv += ["--heap", heap]
     log = state / "supervisor.log"
-    with open(log, "ab") as out:
+    rotate_if_larger(log, _SUPERVISOR_LOG_LIMIT)  # bounded across restarts
+    out = open_private_append(log)
+    try:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
         )
+    finally:
+        os.close(out)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for rec in list_running():
-            if rec.name == name and rec.pid == proc.pid:
+            if rec.name == name and rec.pid == proc.pid and rec.own_process:
                 return rec
         if proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
@@ -240,13 +275,72 @@ def start_detached(
 
 
 def stop_running(name: str, *, timeout_s: float = 10.0) -> RunningBoard:
-    """Stop the detached board ``name`` and wait until it is gone."""
+    """Stop the running board ``name`` (detached, or inside another Python program).
+
+    The board is asked through its state folder; a board of its own process
+    (``sim start``) that does not stop within ``timeout_s`` is killed, after its
+    identity is checked again (pid and start time), so no other process is hit.
+
+    Raises:
+        SimError: no such board runs, or one inside another program did not stop.
+    """
     rec = find_running(name)
-    os.kill(rec.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _alive(rec.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _alive(rec.pid):
-        os.kill(rec.pid, signal.SIGKILL)
-    _record_path(name).unlink(missing_ok=True)
+    state = Path(rec.state_dir)
+    send_control(state, "stop")
+    if _gone(rec, timeout_s):
+        return rec
+    if not rec.own_process:
+        raise SimError(
+            f"virtual board {name!r} did not stop within {timeout_s:g} s",
+            hint=f"it runs inside process {rec.pid}; stop it there",
+        )
+    _kill_holder(rec)
+    if not _gone(rec, 5.0):
+        raise SimError(f"virtual board {name!r} (pid {rec.pid}) could not be stopped")
     return rec
+
+
+def power_cut_running(name: str) -> RunningBoard:
+    """Cut the power of the running board ``name``; it boots again from its flash.
+
+    Raises:
+        SimError: no such board runs.
+    """
+    rec = find_running(name)
+    if not send_control(Path(rec.state_dir), "power-cut"):
+        raise SimError(f"virtual board {name!r} stopped meanwhile")
+    return rec
+
+
+def _gone(rec: RunningBoard, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _alive(rec):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    _record_path(rec.name).unlink(missing_ok=True)
+    return True
+
+
+def _kill_holder(rec: RunningBoard) -> None:
+    # A pidfd pins the process: checked, then signalled, it cannot be swapped for
+    # another that got the same pid in between.
+    holder = lock_holder(Path(rec.state_dir))
+    if holder is None or holder.pid != rec.pid:
+        return
+    try:
+        pidfd = os.pidfd_open(rec.pid)
+    except ProcessLookupError:
+        return
+    except OSError:  # a kernel before 5.3: the start-time check alone
+        pidfd = -1
+    try:
+        if process_start_time(rec.pid) == holder.start_time:
+            with contextlib.suppress(ProcessLookupError):
+                if pidfd >= 0:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                else:
+                    os.kill(rec.pid, signal.SIGKILL)
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import selectors
@@ -27,13 +26,14 @@ import time
 import tty
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from ioconnect_host.errors import IoconnectError
-from ioconnect_host.firmware import compile_module, host_mpy_arch
 from ioconnect_host.vm import micropython_command
 
+from .boardlog import DEFAULT_LOG_LIMIT, RotatingLog
 from .interrupt import interrupt_safely
+from .statelock import StateLockedError, hold_state_lock, open_control
+from .vmlib import compile_vm_lib, vm_dir
 
 __all__ = [
     "RESET_CAUSES",
@@ -54,6 +54,8 @@ RESET_CAUSES = {"power_on": 1, "hard": 2, "wdt": 3, "deepsleep": 4, "soft": 5}
 
 _CTL_PREFIX = b"\x1b[ioc "
 _OUT_LIMIT = 1 << 16  # bytes kept for a host that is not reading
+_IN_LIMIT = 1 << 16  # host bytes held for a VM that is not reading; then the pty waits
+_ERR_LINE_LIMIT = 4096  # longest stderr line of the VM kept whole (control lines are short)
 _FAULTS_SIZE = 1024
 _SIGINT_GAP_S = 0.05
 # A VM must not outlive its supervisor (killed by a timeout, or SIGKILLed): the
@@ -70,34 +72,6 @@ def parse_heap(text: str) -> int:
     return int(t.rstrip("KM")) * scale
 
 
-def vm_dir() -> Path:
-    """Folder with console.py and the hardware shims (kept off the virtual flash)."""
-    return Path(__file__).resolve().parent / "vm"
-
-
-def compile_vm_lib(dest: Path) -> Path:
-    """console.py and the shims as .mpy in ``dest``: a board's REPL and drivers are
-    C code in flash, so they should not cost the board's heap a compile.
-
-    They are compiled to native code: it keeps off the heap, and a native frame
-    adds no traceback entry, so a user's error shows only the user's frames, as
-    on a board (``machine.Pin(99)`` fails in ``<stdin>``, not in ``machine.py``).
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    arch = host_mpy_arch()
-    stamp = dest / ".native"  # .mpy files from before native builds are rebuilt
-    fresh = not stamp.exists()
-    for src in vm_dir().glob("*.py"):
-        out = dest / (src.stem + ".mpy")
-        if not fresh and out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
-            continue
-        tmp = out.with_suffix(".tmp")
-        tmp.write_bytes(compile_module(src, mpy_arch=arch, source_name=src.name, native=True))
-        tmp.replace(out)
-    stamp.touch()
-    return dest
-
-
 @dataclass
 class SimConfig:
     """Everything one virtual board needs; written as JSON for the VM to read."""
@@ -109,6 +83,7 @@ class SimConfig:
     seed: int = 0
     preload: list[str] = field(default_factory=list)
     vm_cache: Path | None = None  # compiled console/shims; shared by a fleet (default: state_dir)
+    log_limit: int = DEFAULT_LOG_LIMIT  # bytes per console.log file (one rotated file kept)
 
     @property
     def flash_dir(self) -> Path:
@@ -130,7 +105,7 @@ def write_faults(state_dir: Path, changes: dict[str, object]) -> dict[str, objec
     text = json.dumps(state).encode()
     if len(text) > _FAULTS_SIZE:
         raise ValueError("fault state too large")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         os.pwrite(fd, text.ljust(_FAULTS_SIZE), 0)
     finally:
@@ -155,18 +130,23 @@ class VirtualBoard:
         self._master = -1
         self._slave = -1
         self._running = False
+        self._stop_claim = threading.Lock()
         self._lock_fd = -1
         self._proc: subprocess.Popen[bytes] | None = None
         self._sel = selectors.DefaultSelector()
         self._to_vm = bytearray()
         self._to_host = bytearray()
         self._stderr_buf = bytearray()
+        self._stderr_dropped = 0  # bytes dropped of the VM's current overlong stderr line
+        self._host_paused = False  # the pty is not read: the VM has not taken what it got
+        self._host_dropped = 0  # output dropped since the host last read
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wake_r = self._wake_w = -1  # made by start()
         self._pending_boot: tuple[bool, str] | None = None
-        self._log: BinaryIO | None = None
+        self._log: RotatingLog | None = None
+        self._ctl = -1  # the state folder's control FIFO (statelock.open_control)
         self._vmlib = Path()
         self._cr = False
         self._ready = False  # the console in the current VM is running
@@ -189,7 +169,8 @@ class VirtualBoard:
         cfg = self.config
         if self._running:
             return self.port
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        cfg.state_dir.chmod(0o700)  # flash holds the identity key, the log what the board printed
         self._lock_state()
         # Fresh plumbing on every start, so a stopped board can be powered on again.
         self._sel = selectors.DefaultSelector()
@@ -198,18 +179,22 @@ class VirtualBoard:
         self._to_vm.clear()
         self._to_host.clear()
         self._pending.clear()
+        self._host_paused = False  # a fresh selector, with the pty registered below
         self._running = True
         cfg.flash_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(cfg.state_dir / "console.log", "ab")  # noqa: SIM115 - lives with the board
+        self._log = RotatingLog(cfg.state_dir / "console.log", cfg.log_limit)
         self._vmlib = compile_vm_lib(cfg.vm_cache or cfg.state_dir / "vmlib")
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # no echo, no newline translation, no signals
+        os.fchmod(self._slave, 0o600)  # not the tty group's to write: keys pass through here
         os.set_blocking(self._master, False)
         self.port = os.ttyname(self._slave)
         self._write_sim_json()
         self._heap = self._vm_heap()
         self._sel.register(self._master, selectors.EVENT_READ, "host")
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._ctl = open_control(cfg.state_dir)  # `sim stop` / `sim fault --power-cut`
+        self._sel.register(self._ctl, selectors.EVENT_READ, "ctl")
         # Every VM is started by the relay thread (see _boot: it dies with it).
         self._next, self._boot_at = (False, "power_on"), time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"sim-{cfg.name}", daemon=True)
@@ -223,32 +208,32 @@ class VirtualBoard:
         # One board per state folder, across processes: two VMs writing one
         # flash (an identity key!) would lose data. The kernel drops the lock
         # when this process dies.
-        fd = os.open(self.config.state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        # The lock also tells other processes which process runs this board
+        # (statelock.lock_holder): `sim list` and `sim stop` trust nothing else.
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            self._lock_fd = hold_state_lock(self.config.state_dir, self.config.name)
+        except StateLockedError:
             raise StateInUseError(
                 f"{self.config.state_dir} is in use by another virtual board",
                 hint="stop it first, or give this one its own --state folder",
             ) from None
-        self._lock_fd = fd
 
     def stop(self) -> None:
         """Power off and close the port (a no-op when not running)."""
-        if not self._running:
-            return
-        self._running = False
+        with self._stop_claim:  # `sim stop` runs this from its own thread (_from_control)
+            if not self._running:
+                return
+            self._running = False
         self._stop.set()
         self._wake()
         if self._thread:
             self._thread.join(timeout=5)
         self._kill()
-        for fd in (self._master, self._slave, self._wake_r, self._wake_w):
+        for fd in (self._master, self._slave, self._wake_r, self._wake_w, self._ctl):
             with contextlib.suppress(OSError):
                 os.close(fd)
         # Closed numbers get reused by other files: never write to them again.
-        self._master = self._slave = self._wake_r = self._wake_w = -1
+        self._master = self._slave = self._wake_r = self._wake_w = self._ctl = -1
         if self._log:
             self._log.close()
             self._log = None
@@ -327,6 +312,7 @@ class VirtualBoard:
                 cwd=cfg.state_dir,
                 timeout=60,
                 check=False,
+                umask=0o077,
             )
             for line in done.stderr.splitlines():
                 if line.startswith(_CTL_PREFIX + b"overhead "):
@@ -353,6 +339,7 @@ class VirtualBoard:
             cwd=cfg.state_dir,
             env=self._env(cause),
             start_new_session=True,  # a Ctrl-C in the user's terminal is not the board's
+            umask=0o077,  # files the board writes (identity.key) are this user's only
         )
         assert self._proc.stdout and self._proc.stderr
         for stream, what in ((self._proc.stdout, "out"), (self._proc.stderr, "err")):
@@ -408,6 +395,7 @@ class VirtualBoard:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._flush()
+            self._throttle_host()
             timeout = 0.2
             if self._boot_at is not None:
                 timeout = max(0.0, min(timeout, self._boot_at - time.monotonic()))
@@ -424,6 +412,8 @@ class VirtualBoard:
                     self._from_vm()
                 elif what == "err":
                     self._from_vm_err()
+                elif what == "ctl":
+                    self._from_control()
             self._check_wdt()
             self._check_vm()
 
@@ -431,6 +421,22 @@ class VirtualBoard:
         if self._wdt_timeout_s and time.monotonic() > self._wdt_deadline:
             self._wdt_timeout_s = 0.0
             self._restart(False, "wdt")
+
+    def _throttle_host(self) -> None:
+        # Input is bounded by backpressure, as a board's USB CDC NAKs the host while
+        # its buffer is full: while the VM leaves its input unread, the pty is not
+        # read either, so the host's write blocks (pyserial: write timeout, "the board
+        # stopped reading"). Nothing the host sent is dropped; a Ctrl-C waits in line
+        # as it would on the board.
+        backlog = len(self._to_vm) + sum(1 if p is None else len(p) for p in self._pending)
+        pause = backlog >= _IN_LIMIT
+        if pause == self._host_paused:
+            return
+        if pause:
+            self._sel.unregister(self._master)
+        else:
+            self._sel.register(self._master, selectors.EVENT_READ, "host")
+        self._host_paused = pause
 
     def _from_host(self) -> None:
         try:
@@ -498,11 +504,17 @@ class VirtualBoard:
             prev_cr = b == 13
         self._cr = prev_cr
         if self._log:
-            self._log.write(out)
-            self._log.flush()
+            self._log.write(bytes(out))
         self._to_host += out
-        if len(self._to_host) > _OUT_LIMIT:  # nobody is reading: drop the oldest, as a UART would
-            del self._to_host[: len(self._to_host) - _OUT_LIMIT]
+        # Output is not held back: a UART console never waits for a host, and a board
+        # with no terminal attached must not hang in print(). The oldest is dropped,
+        # saying so in the log (which keeps all of it).
+        excess = len(self._to_host) - _OUT_LIMIT
+        if excess > 0:
+            del self._to_host[:excess]
+            if not self._host_dropped:
+                self._log_line("\r\n[sim] the host is not reading: dropping the oldest output\r")
+            self._host_dropped += excess
 
     def _from_vm_err(self) -> None:
         proc = self._proc
@@ -516,10 +528,37 @@ class VirtualBoard:
         while b"\n" in self._stderr_buf:
             line, _, rest = bytes(self._stderr_buf).partition(b"\n")
             self._stderr_buf = bytearray(rest)
-            if line.startswith(_CTL_PREFIX):
+            if self._stderr_dropped:  # the end of a line cut below
+                self._log_line(f"[sim] {self._stderr_dropped + len(line)} more bytes dropped")
+                self._stderr_dropped = 0
+            elif line.startswith(_CTL_PREFIX):
                 self._control(line[len(_CTL_PREFIX) :].decode())
-            elif self._log:
-                self._log.write(b"[vm stderr] " + line + b"\n")
+            else:
+                self._log_line("[vm stderr] ", line)
+        # A line without end (user code writing to stderr) must not grow without bound.
+        if len(self._stderr_buf) > _ERR_LINE_LIMIT:
+            if not self._stderr_dropped:
+                head = bytes(self._stderr_buf[:_ERR_LINE_LIMIT])
+                self._log_line("[vm stderr] ", head + b" [cut]")
+                del self._stderr_buf[:_ERR_LINE_LIMIT]
+            self._stderr_dropped += len(self._stderr_buf)
+            self._stderr_buf.clear()
+
+    def _log_line(self, head: str, line: bytes = b"") -> None:
+        if self._log:
+            self._log.write(head.encode() + line + b"\n")
+
+    def _from_control(self) -> None:
+        try:
+            words = os.read(self._ctl, 512).split()
+        except BlockingIOError:
+            return
+        for word in words:
+            if word == b"stop":
+                # stop() joins this relay thread, so another thread runs it.
+                threading.Thread(target=self.stop, name="sim-stop", daemon=True).start()
+            elif word == b"power-cut":
+                self.power_cut()
 
     def _control(self, msg: str) -> None:
         # Lines from the VM's shims (see vm/_simboard.py ctl()).
@@ -575,6 +614,10 @@ class VirtualBoard:
                 del self._to_host[:n]
             except BlockingIOError:
                 pass
+            else:
+                if self._host_dropped:
+                    dropped, self._host_dropped = self._host_dropped, 0
+                    self._log_line(f"\r\n[sim] the host reads again; {dropped} bytes dropped\r")
 
     def _check_vm(self) -> None:
         with self._lock:
