@@ -198,7 +198,7 @@ AckPolicy = Callable[[int, dict[str, Any]], "dict[str, Any] | None"]
 
 
 def accept_all(nonce: int, body: dict[str, Any]) -> dict[str, Any] | None:
-    return {"nonce": nonce, "status": "accepted", "taskID": "0x%064x" % nonce}
+    return {"nonce": nonce, "status": "accepted", "taskID": f"0x{nonce:064x}"}
 
 
 @dataclass
@@ -279,8 +279,9 @@ class DeviceProcess:
         """The next JSON line the device printed (fails with its stderr if it died)."""
         try:
             line = self._queue.get(timeout=timeout_s)
-        except queue.Empty:
-            raise AssertionError(f"device printed nothing for {timeout_s} s: {self.lines[-3:]}")
+        except queue.Empty as exc:
+            msg = f"device printed nothing for {timeout_s} s: {self.lines[-3:]}"
+            raise AssertionError(msg) from exc
         if not line:
             self.proc.wait()
             err = self.proc.stderr.read().decode() if self.proc.stderr else ""
@@ -299,7 +300,9 @@ class DeviceProcess:
         if self.proc.returncode != 0:
             err = self.proc.stderr.read().decode() if self.proc.stderr else ""
             out = b"".join(raw).decode(errors="replace")
-            raise AssertionError(f"device failed (exit {self.proc.returncode}):\n{out[-3000:]}{err[-2000:]}")
+            raise AssertionError(
+                f"device failed (exit {self.proc.returncode}):\n{out[-3000:]}{err[-2000:]}"
+            )
         self.lines.extend(_parse(line) for line in raw if line)
         return self.lines
 

@@ -66,7 +66,9 @@ class Delivery:
         backoff=None,
     ):
         if tls and not ca:
-            raise DeliveryError("TLS needs a CA certificate (mqtt.ca): the server is always checked")
+            raise DeliveryError(
+                "TLS needs a CA certificate (mqtt.ca): the server is always checked"
+            )
         self.outbox = outbox
         self.tasks_topic = tasks_topic.encode() if isinstance(tasks_topic, str) else tasks_topic
         self.acks_topic = acks_topic.encode() if isinstance(acks_topic, str) else acks_topic
@@ -85,7 +87,7 @@ class Delivery:
         )
         self.client.on_message = self._on_message
         self.backoff = backoff or Backoff(1000, 60000)
-        self.stats = {
+        self.stats = {  # type: dict
             "published": 0,
             "acked": 0,
             "rejected": 0,
@@ -172,12 +174,10 @@ class Delivery:
         return True
 
     def _ssl_context(self):
-        try:
-            import tls
-        except ImportError:
-            import ssl as tls
+        import tls
+
         ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-        ctx.verify_mode = tls.CERT_REQUIRED
+        ctx.verify_mode = tls.CERT_REQUIRED  # type: ignore[attr-defined]
         try:
             with open(self.ca, "rb") as f:
                 data = f.read()

@@ -113,7 +113,7 @@ class MQTTClient:
         self._rtrunc = False  # it was larger than rx (head kept, rest skipped)
         self._ack = bytearray(b"\x40\x02\x00\x00")  # PUBACK for incoming QoS 1
         self._ping = bytearray(b"\xc0\x00")
-        self._last_tx = 0
+        self._last_tx = time.ticks_ms()
         self._ping_at = None  # ticks_ms of an unanswered PINGREQ
 
     # -- connection -----------------------------------------------------
@@ -132,8 +132,13 @@ class MQTTClient:
                 s.connect(addr)
             except OSError as e:
                 if e.errno != _EINPROGRESS and e.errno != _EAGAIN:
-                    raise
-            self._wait(_POLLOUT, deadline, "TCP connect")
+                    raise MQTTError(
+                        "cannot connect to %s:%d: %s" % (self.server, self.port, _errno_name(e))
+                    )
+            if self._wait(_POLLOUT, deadline, "TCP connect") & (_POLLERR | _POLLHUP):
+                raise MQTTError(
+                    "cannot connect to %s:%d: connection refused" % (self.server, self.port)
+                )
             if self.ssl_context is not None:
                 self._poll.unregister(s)
                 # Handshake runs on our first write, under the same poll deadline.
@@ -393,7 +398,7 @@ class MQTTClient:
 
     def _read(self, buf, n, deadline, what):
         got = 0
-        s = self._sock
+        s = self._sk()
         while got < n:
             r = s.readinto(buf, n) if got == 0 else s.readinto(self._view(buf, got, n))
             if r is None:
@@ -407,9 +412,8 @@ class MQTTClient:
         return (self._rxmv if buf is self._rx else memoryview(buf))[a:b]
 
     def _readable(self, timeout_ms):
-        s = self._sock
-        # TLS may hold decrypted bytes the socket poll cannot see: ask the stream.
-        p = self._poll
+        s = self._sk()
+        p = self._pl()
         p.modify(s, _POLLIN)
         for _ in p.ipoll(timeout_ms):
             return True
@@ -418,7 +422,7 @@ class MQTTClient:
     # -- packets out ----------------------------------------------------
     def _write(self, buf, n, deadline):
         off = 0
-        s = self._sock
+        s = self._sk()
         while off < n:
             w = s.write(buf, n) if off == 0 else s.write(memoryview(buf)[off:n])
             if w is None or w == 0:
@@ -430,20 +434,49 @@ class MQTTClient:
     def _wait(self, mask, deadline, what):
         ms = time.ticks_diff(deadline, time.ticks_ms())
         if ms > 0:
-            p = self._poll
-            p.modify(self._sock, mask)
+            p = self._pl()
+            p.modify(self._sk(), mask)
             for _, ev in p.ipoll(ms):
                 if ev & mask:
-                    return
+                    return ev
                 if ev & (_POLLERR | _POLLHUP):
                     if what == "TCP connect":
-                        raise MQTTError("cannot connect to %s:%d" % (self.server, self.port))
+                        return ev
                     raise MQTTError("connection lost while waiting for %s" % what)
         raise MQTTError("timeout: no %s within %d ms" % (what, self.timeout_ms))
 
     def _live(self):
         if self._sock is None:
             raise MQTTError("not connected")
+
+    def _sk(self):
+        # The open socket (typed Any for the checker: a socket, a TLS socket or a board's wrapper).
+        s = self._sock
+        if s is None:
+            raise MQTTError("not connected")
+        return s
+
+    def _pl(self):
+        p = self._poll
+        if p is None:
+            raise MQTTError("not connected")
+        return p
+
+
+_ERRNO = {
+    103: "connection aborted (link lost)",
+    104: "connection reset by peer",
+    110: "timed out",
+    111: "connection refused",
+    113: "host unreachable (no network)",
+    32: "broken pipe",
+    -202: "name not resolved",
+}
+
+
+def _errno_name(e):
+    code = e.args[0] if e.args else 0
+    return _ERRNO.get(code, "OSError %s" % code)
 
 
 def _os_reason(op, e):
@@ -457,5 +490,5 @@ def _os_reason(op, e):
             why = "TLS alert from the server"
         else:
             why = "TLS error -0x%04x" % c
-        return "%s: %s %s" % (op, why, " ".join(str(a) for a in e.args[1:]))
-    return "%s: OSError %s" % (op, code)
+        return "%s: %s" % (op, why)
+    return "%s: %s" % (op, _errno_name(e))

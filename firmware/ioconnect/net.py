@@ -75,7 +75,7 @@ def wifi_up(ssid, password, timeout_ms=15000):
 
 
 class Station:
-    """Keeps the station up: up(timeout_ms) tries now or, after a failure, once the backoff allows."""
+    """Keeps the station up: up(timeout_ms) tries now, or after a failure when backoff allows."""
 
     def __init__(self, ssid, password, backoff=None):
         self.ssid = ssid
