@@ -317,3 +317,42 @@ def _parse(line: bytes) -> Any:
         return json.loads(line)
     except ValueError as exc:
         raise AssertionError(f"device printed a non-JSON line: {line!r}") from exc
+
+
+class SimBoard:
+    """A virtual board (firmware installed on its flash) driven over its pty by mpremote."""
+
+    def __init__(self, board: str, state_dir: Path, name: str = "dev-net") -> None:
+        from ioconnect_sim.launch import start_board
+        from mpremote.transport_serial import SerialTransport
+
+        self.vb = start_board(board, name=name, state_dir=state_dir)
+        self.flash = state_dir / "flash"
+        self.t = SerialTransport(self.vb.port, baudrate=115200)
+        self.attach()
+
+    def attach(self) -> None:
+        seen = self.t.read_until(1, b">>> ", timeout=10)
+        assert seen.endswith(b">>> "), f"no REPL prompt; got {seen[-300:]!r}"
+        self.t.enter_raw_repl(soft_reset=False)
+
+    def run(self, code: str, timeout_s: float = 60) -> list[Any]:
+        """Run code on the board; every printed line parsed as JSON."""
+        ret, err = self.t.exec_raw(code, timeout=timeout_s)
+        if err:
+            raise AssertionError(f"board raised: {err.decode()}\nprinted: {ret!r}")
+        return [_parse(line.encode()) for line in ret.decode().splitlines() if line.strip()]
+
+    def power_cut(self, timeout_s: float = 10) -> None:
+        """Kill the VM where it stands; wait for the new boot's REPL."""
+        boots = self.vb.boots
+        self.vb.power_cut()
+        deadline = time.monotonic() + timeout_s
+        while self.vb.boots == boots:
+            assert time.monotonic() < deadline, "no reboot after the power cut"
+            time.sleep(0.01)
+        self.attach()
+
+    def close(self) -> None:
+        self.t.close()
+        self.vb.stop()

@@ -40,9 +40,9 @@ def _decode(blob):
     if len(blob) != _LEN:
         raise NonceError("length %d, expected %d" % (len(blob), _LEN))
     if blob[:4] != _MAGIC:
-        raise NonceError("not a nonce file (bad magic)")
+        raise NonceError("bad magic")
     if hashlib.sha256(blob[:16]).digest()[:8] != blob[16:]:
-        raise NonceError("checksum mismatch (file corrupt)")
+        raise NonceError("checksum mismatch")
     if blob[4] != _VERSION:
         raise NonceError("unsupported format version %d" % blob[4])
     return struct.unpack(">Q", blob[8:16])[0]
@@ -83,7 +83,7 @@ class NonceStore:
             try:
                 high = _decode(blob)
             except NonceError as e:
-                raise NonceError("%s: %s: signing stopped" % (self.path, e))
+                raise NonceError("%s: %s (file corrupt): signing stopped" % (self.path, e))
         else:
             blob = _read(self._tmp)
             if blob is not None:
