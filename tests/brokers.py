@@ -140,6 +140,7 @@ class Broker:
                     "log_type notice",
                     "allow_anonymous true",
                     "max_queued_messages 10000",
+                    "set_tcp_nodelay true",
                     f"listener {self.port} 127.0.0.1",
                     f"listener {self.tls_port} 127.0.0.1",
                     f"cafile {self.ca}",

@@ -125,6 +125,13 @@ class MQTTClient:
             addr = socket.getaddrinfo(self.server, self.port, 0, socket.SOCK_STREAM)[0][-1]
             s = socket.socket()
             self._sock = s
+            try:
+                # TCP_NODELAY (IPPROTO_TCP 6, option 1 on Linux and lwIP): a PUBLISH is
+                # written as header then payload; Nagle would hold the payload for the
+                # broker's delayed ACK (40 ms per reading on Linux).
+                s.setsockopt(6, 1, 1)
+            except (OSError, AttributeError):
+                pass
             s.setblocking(False)
             self._poll = select.poll()
             self._poll.register(s, _POLLOUT)
