@@ -349,3 +349,32 @@ def test_delivery_survives_a_wifi_drop(board: SimBoard, broker: Broker) -> None:
     assert after["up"] and after["connected"] and after["pending"] == []
     assert after["stats"]["reconnects"] >= 1 and after["stats"]["acked"] == 7
     assert list(dict.fromkeys(nonces)) == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_link_dropped_while_the_app_slept_is_reconnected_in_the_same_step(
+    device: RunDevice, broker: Broker, tmp_path: Path
+) -> None:
+    # keepalive 1 s and no step for 6 s: the broker cuts the link (1.5 x keepalive).
+    # The next step finds it dead, reconnects at once (the link had served > 5 s)
+    # and delivers the new reading within its own budget.
+    code = (
+        SETUP
+        + """
+d = delivery(cfg["port"], keepalive_s=1)
+d.step(100)
+first = d.connected()
+time.sleep_ms(6000)
+reading()
+d.step(3000)
+print(json.dumps({"first": first, "connected": d.connected(), "pending": ob.pending(),
+                  "stats": d.stats}))
+"""
+    )
+    with Acker(broker.port, client_id="relay-sleepy") as acker:
+        [res] = device(code, {"port": broker.port, "addr": addr(7)}, fs_dir=tmp_path)
+        time.sleep(0.3)
+        nonces = acker.nonces()
+    assert res["first"] and res["connected"]
+    assert res["pending"] == [] and res["stats"]["reconnects"] == 1
+    assert res["stats"]["last_error"].startswith("connection closed by the broker")
+    assert nonces == [1]

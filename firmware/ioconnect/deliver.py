@@ -21,6 +21,7 @@ from ioconnect.outbox import OutboxError
 _MAX_ACKS = const(32)  # acks held between steps; more are dropped (the relay re-acks)
 _MAX_REASONS = const(8)  # distinct rejection reasons counted; the rest go to "other"
 _REASON_LEN = const(48)
+_STABLE_MS = const(5000)  # a link up this long was good: a drop is retried without backoff
 
 
 class DeliveryError(ValueError):
@@ -101,6 +102,7 @@ class Delivery:
         self._acks = []
         self._sent = 0  # highest nonce published on this connection
         self._progress_at = time.ticks_ms()
+        self._up_at = None  # ticks_ms of the current connection
 
     def connected(self):
         return self.client.connected()
@@ -108,26 +110,34 @@ class Delivery:
     def step(self, budget_ms):
         """Do what fits in budget_ms; returns early when nothing waits for an ack."""
         deadline = time.ticks_add(time.ticks_ms(), budget_ms)
+        for _ in range(2):  # a link that dropped after a good while is retried at once
+            c = self.client
+            if not c.connected() and not (self.backoff.ready() and self._connect()):
+                return
+            try:
+                self._work(deadline)
+                return
+            except MQTTError as e:
+                self._lost(e)
+            if _ms_left(deadline) <= 0:
+                return
+
+    def _work(self, deadline):
         c = self.client
-        if not c.connected() and not (self.backoff.ready() and self._connect()):
-            return
-        try:
+        c.poll(0)
+        self._apply_acks()
+        self._maybe_resend()
+        while _ms_left(deadline) > 0:
+            n = self.outbox.next_after(self._sent)
+            if n is None:
+                break
+            self._publish(n)
             c.poll(0)
             self._apply_acks()
-            self._maybe_resend()
-            while _ms_left(deadline) > 0:
-                n = self.outbox.next_after(self._sent)
-                if n is None:
-                    break
-                self._publish(n)
-                c.poll(0)
-                self._apply_acks()
-            # Wait out the budget only while readings wait for their ack.
-            while len(self.outbox) and _ms_left(deadline) > 0:
-                c.poll(_ms_left(deadline))
-                self._apply_acks()
-        except MQTTError as e:
-            self._lost(e)
+        # Wait out the budget only while readings wait for their ack.
+        while len(self.outbox) and _ms_left(deadline) > 0:
+            c.poll(_ms_left(deadline))
+            self._apply_acks()
 
     def _publish(self, n):
         try:
@@ -163,11 +173,13 @@ class Delivery:
             c.connect(clean_session=False)
             c.subscribe(self.acks_topic, 1)
         except (MQTTError, OSError) as e:
+            self._up_at = None
             self._lost(e)
             return False
         st["connects"] += 1
         if st["connects"] > 1:
             st["reconnects"] += 1
+        self._up_at = time.ticks_ms()
         self._sent = 0  # publish every pending reading again on this connection
         self._progress_at = time.ticks_ms()
         self.backoff.reset()
@@ -190,9 +202,17 @@ class Delivery:
         return ctx
 
     def _lost(self, e):
+        # A failed connect, or a link that died young, backs off; a link that
+        # served for a while (broker restart, keepalive lapse while the app
+        # slept) may be reconnected at once.
         self.stats["last_error"] = str(e)
         self.client.close()
-        self.backoff.failed()
+        up = self._up_at
+        self._up_at = None
+        if up is not None and time.ticks_diff(time.ticks_ms(), up) >= _STABLE_MS:
+            self.backoff.reset()
+        else:
+            self.backoff.failed()
 
     def _on_message(self, topic, msg):
         # Called inside MQTTClient.poll/publish: queue and return.

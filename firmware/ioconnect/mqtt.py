@@ -73,7 +73,7 @@ def _put_str(buf, off, s):
 
 
 def _b(s):
-    return s.encode() if isinstance(s, str) else bytes(s)
+    return s.encode() if isinstance(s, str) else s
 
 
 class MQTTClient:
@@ -236,6 +236,8 @@ class MQTTClient:
         self._live()
         if qos != 0 and qos != 1:
             raise MQTTError("qos %r not supported" % (qos,))
+        if isinstance(topic, str):
+            topic = topic.encode()  # callers on the hot path pass bytes
         if n is None:
             n = len(msg)
         tx = self._tx
