@@ -7,6 +7,7 @@ offline, and a Wi-Fi drop on the virtual board.
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -59,13 +60,16 @@ def expected_body(n: int) -> bytes:
     )
 
 
+@pytest.mark.parametrize("tls", [False, True])
 def test_every_reading_arrives_in_nonce_order_and_acks_empty_the_outbox(
-    device: RunDevice, broker: Broker, tmp_path: Path
+    device: RunDevice, broker: Broker, tmp_path: Path, tls: bool
 ) -> None:
+    shutil.copy(broker.ca, tmp_path / "ca.pem")
     code = (
         SETUP
         + """
-d = delivery(cfg["port"])
+kw = {"tls": True, "ca": "ca.pem", "server_hostname": "localhost"} if cfg["tls"] else {}
+d = delivery(cfg["tls_port"] if cfg["tls"] else cfg["port"], **kw)
 for i in range(40):
     reading()
     d.step(20)
@@ -73,17 +77,19 @@ drain(d, 20000)
 report(d)
 """
     )
-    with Acker(broker.port, client_id="relay-order") as acker:
-        [res] = device(code, {"port": broker.port, "addr": addr(1)}, fs_dir=tmp_path)
+    cfg = {"port": broker.port, "tls_port": broker.tls_port, "tls": tls, "addr": addr(1 + tls)}
+    with Acker(broker.port, client_id=f"relay-order-{tls}") as acker:
+        [res] = device(code, cfg, fs_dir=tmp_path)
         received = list(acker.received)
     assert [json.loads(p)["nonce"] for _, p in received] == list(range(1, 41))
-    assert all(t == f"ioconnect/42/{addr(1)}/tasks" for t, _ in received)
+    assert all(t == f"ioconnect/42/{addr(1 + tls)}/tasks" for t, _ in received)
     assert [p for _, p in received] == [expected_body(n) for n in range(1, 41)]
     st = res["stats"]
     assert (st["published"], st["acked"], st["rejected"], st["connects"]) == (40, 40, 0, 1)
     assert res["pending"] == [] and res["dropped"] == 0
     assert st["last_error"] is None
     assert list((tmp_path / "outbox").iterdir()) == []
+    assert json.loads(received[0][1])["nonce"] == 1
 
 
 def test_broker_restart_mid_run_loses_nothing(broker: Broker, tmp_path: Path) -> None:
@@ -100,7 +106,7 @@ report(d)
 """
     )
     (tmp_path / "fs").mkdir()
-    (tmp_path / "fs" / "cases.json").write_text(json.dumps({"port": broker.port, "addr": addr(2)}))
+    (tmp_path / "fs" / "cases.json").write_text(json.dumps({"port": broker.port, "addr": addr(12)}))
     with Acker(broker.port, client_id="relay-restart") as acker:
         dev = DeviceProcess(code, tmp_path / "fs")
         try:

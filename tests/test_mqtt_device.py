@@ -7,6 +7,7 @@ taken from the MQTT 3.1.1 specification; TLS runs against a real mosquitto.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import socket
@@ -243,6 +244,37 @@ print(json.dumps([got, c.dropped]))
     assert dropped == 1
     assert log[:4] == [(0x40, b"\x02", (0x1234 + i).to_bytes(2, "big")) for i in range(4)]
     assert log[4] == (0xE0, b"\x00", b"")
+
+
+@pytest.mark.parametrize("rl", [127, 128, 16383, 16384])
+def test_incoming_remaining_length_boundaries(device: RunDevice, peer: Any, rl: int) -> None:
+    topic = b"t/acks"
+    payload = bytes(65 + i % 26 for i in range(rl - 2 - len(topic)))  # QoS 0: no packet id
+
+    def script(conn: socket.socket, log: list[Any]) -> None:
+        read_packet(conn)
+        conn.sendall(CONNACK_OK)
+        body = len(topic).to_bytes(2, "big") + topic + payload
+        assert len(body) == rl
+        conn.sendall(b"\x30" + remaining(rl) + body)
+        log.append(read_packet(conn))  # DISCONNECT
+
+    p = peer(script)
+    code = (
+        CLIENT
+        + """
+c.connect()
+t0 = time.ticks_ms()
+while not got and time.ticks_diff(time.ticks_ms(), t0) < 5000:
+    c.poll(100)
+c.disconnect()
+import hashlib
+print(json.dumps([len(got), got[0][0], hashlib.sha256(got[0][1].encode()).digest().hex()]))
+"""
+    )
+    [out] = device(code, {"port": p.port, "rx": 16400})
+    p.finish()
+    assert out == [1, "t/acks", hashlib.sha256(payload).hexdigest()]
 
 
 def test_silent_peer_fails_within_the_deadline(device: RunDevice, peer: Any) -> None:
