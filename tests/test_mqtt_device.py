@@ -487,3 +487,15 @@ def test_tls_publish_reaches_a_subscriber(
         sub.disconnect()
     assert got == [b'{"nonce": 1}']
     assert json.loads(got[0]) == {"nonce": 1}
+
+
+def test_password_without_user_is_refused(device: RunDevice) -> None:
+    code = """
+import json
+from ioconnect.mqtt import MQTTClient, MQTTError
+try:
+    MQTTClient("d", "127.0.0.1", 1883, password="pw")
+except MQTTError as e:
+    print(json.dumps(str(e)))
+"""
+    assert device(code) == ["a password needs a user name (MQTT 3.1.1)"]

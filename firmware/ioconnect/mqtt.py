@@ -11,6 +11,7 @@
 #
 # Retry, reconnect and the outbox live above this (ioconnect.deliver): any
 # failure here raises MQTTError and leaves the client closed.
+import errno
 import select
 import socket
 import time
@@ -28,8 +29,6 @@ _PINGRESP = const(0xD0)
 _DISCONNECT = const(0xE0)
 
 _MAX_REMAINING = const(268435455)  # 4 bytes of remaining length
-_EINPROGRESS = const(115)
-_EAGAIN = const(11)
 _POLLIN = const(1)
 _POLLOUT = const(4)
 _POLLERR = const(8)
@@ -95,6 +94,8 @@ class MQTTClient:
         self.server = server
         self.port = port
         self.keepalive_s = keepalive_s
+        if password is not None and user is None:
+            raise MQTTError("a password needs a user name (MQTT 3.1.1)")
         self.user = None if user is None else _b(user)
         self.password = None if password is None else _b(password)
         self.ssl_context = ssl_context
@@ -138,7 +139,8 @@ class MQTTClient:
             try:
                 s.connect(addr)
             except OSError as e:
-                if e.errno != _EINPROGRESS and e.errno != _EAGAIN:
+                # errno values differ between ports (ESP-IDF's newlib: EINPROGRESS 119).
+                if e.errno != errno.EINPROGRESS and e.errno != errno.EAGAIN:
                     raise MQTTError(
                         "cannot connect to %s:%d: %s" % (self.server, self.port, _errno_name(e))
                     )
@@ -472,20 +474,22 @@ class MQTTClient:
         return p
 
 
-_ERRNO = {
-    103: "connection aborted (link lost)",
-    104: "connection reset by peer",
-    110: "timed out",
-    111: "connection refused",
-    113: "host unreachable (no network)",
-    32: "broken pipe",
-    -202: "name not resolved",
-}
-
-
 def _errno_name(e):
+    # Named by the port's own errno values (they differ between Linux and ESP-IDF).
     code = e.args[0] if e.args else 0
-    return _ERRNO.get(code, "OSError %s" % code)
+    names = (
+        (errno.ECONNABORTED, "connection aborted (link lost)"),
+        (errno.ECONNRESET, "connection reset by peer"),
+        (errno.ETIMEDOUT, "timed out"),
+        (errno.ECONNREFUSED, "connection refused"),
+        (errno.EHOSTUNREACH, "host unreachable (no network)"),
+        (errno.ENOTCONN, "not connected"),
+        (-202, "name not resolved"),  # lwIP getaddrinfo failure on the esp32 port
+    )
+    for c, name in names:
+        if c == code:
+            return name
+    return "OSError %s" % code
 
 
 def _os_reason(op, e):
