@@ -16,7 +16,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from brokers import Acker, Broker, DeviceProcess, SimBoard, free_port
+from brokers import Acker, Broker, DeviceProcess, SimBoard, accept_all, free_port
 from conftest import RunDevice
 
 # A device: its reading bodies have the shape of POST /v1/task.
@@ -384,3 +384,43 @@ print(json.dumps({"first": first, "connected": d.connected(), "pending": ob.pend
     assert res["pending"] == [] and res["stats"]["reconnects"] == 1
     assert res["stats"]["last_error"].startswith("connection closed by the broker")
     assert nonces == [1]
+
+
+def test_acks_sent_while_offline_arrive_with_the_persistent_session(
+    device: RunDevice, broker: Broker, tmp_path: Path
+) -> None:
+    # The device publishes and drops the link before the relay's acks come back;
+    # the broker keeps them for its session (clean session off) and hands them
+    # over on reconnect: the outbox empties without the relay seeing a resend.
+    code = (
+        SETUP
+        + """
+d = delivery(cfg["port"])
+for i in range(5):
+    reading()
+d._connect()
+for n in ob.pending():
+    d._publish(n)  # PUBLISH and the broker's PUBACK; the relay's acks come later
+d.client.close()  # gone without DISCONNECT
+published = d.stats["published"]
+time.sleep_ms(2500)
+t0 = time.ticks_ms()
+while len(ob) and time.ticks_diff(time.ticks_ms(), t0) < 10000:
+    d.step(200)
+print(json.dumps({"published_before": published, "pending": ob.pending(), "stats": d.stats}))
+"""
+    )
+
+    def slow_relay(n: int, body: dict[str, Any]) -> dict[str, Any] | None:
+        time.sleep(0.2)  # acks reach the broker after the device has left
+        return accept_all(n, body)
+
+    with Acker(broker.port, policy=slow_relay, client_id="relay-offline-acks") as acker:
+        [res] = device(code, {"port": broker.port, "addr": addr(8)}, fs_dir=tmp_path)
+        time.sleep(0.3)
+        nonces = acker.nonces()
+    assert res["published_before"] == 5
+    assert res["pending"] == [] and res["stats"]["acked"] == 5
+    assert res["stats"]["connects"] == 2
+    # Applied from the session's queue before anything was published again.
+    assert res["stats"]["published"] == 5 and nonces == [1, 2, 3, 4, 5]
