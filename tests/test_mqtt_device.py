@@ -499,3 +499,34 @@ except MQTTError as e:
     print(json.dumps(str(e)))
 """
     assert device(code) == ["a password needs a user name (MQTT 3.1.1)"]
+
+
+def test_poll_handles_a_bounded_batch(device: RunDevice, peer: Any) -> None:
+    # 40 messages already waiting: one poll() takes 16 and returns, the next ones the rest.
+    def script(conn: socket.socket, log: list[Any]) -> None:
+        read_packet(conn)
+        body = b"\x00\x01t"
+        conn.sendall(
+            CONNACK_OK
+            + b"".join(b"\x30" + _enc(len(body) + 2) + body + b"%02d" % i for i in range(40))
+        )
+        log.append(read_packet(conn))  # DISCONNECT
+
+    p = peer(script)
+    code = (
+        CLIENT
+        + """
+c.connect()
+time.sleep_ms(500)
+sizes = []
+for _ in range(4):
+    c.poll(0)
+    sizes.append(len(got))
+c.disconnect()
+print(json.dumps([sizes, [m for _, m in got]]))
+"""
+    )
+    [[sizes, msgs]] = device(code, {"port": p.port})
+    p.finish()
+    assert sizes == [16, 32, 40, 40]
+    assert msgs == [f"{i:02d}" for i in range(40)]

@@ -108,7 +108,11 @@ class Delivery:
         return self.client.connected()
 
     def step(self, budget_ms):
-        """Do what fits in budget_ms; returns early when nothing waits for an ack."""
+        """Do what fits in budget_ms; returns early when nothing waits for an ack.
+
+        A (re)connect is bounded by timeout_ms, not by the budget (a TLS
+        handshake on an ESP32 takes seconds), so that step may run longer.
+        """
         deadline = time.ticks_add(time.ticks_ms(), budget_ms)
         for _ in range(2):  # a link that dropped after a good while is retried at once
             c = self.client

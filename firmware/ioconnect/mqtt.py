@@ -33,6 +33,7 @@ _POLLIN = const(1)
 _POLLOUT = const(4)
 _POLLERR = const(8)
 _POLLHUP = const(16)
+_POLL_BATCH = const(16)  # packets handled per poll() call at most
 
 _CONNACK_REASONS = (
     "",
@@ -326,7 +327,9 @@ class MQTTClient:
                 if time.ticks_diff(now, self._last_tx) >= self.keepalive_s * 750:
                     self.ping()
             wait = timeout_ms
-            while self._readable(wait):
+            for _ in range(_POLL_BATCH):  # bounded: a flood cannot keep us here
+                if not self._readable(wait):
+                    break
                 t = self._read_packet(time.ticks_add(time.ticks_ms(), self.timeout_ms), "packet")
                 self._handle(t)
                 wait = 0
