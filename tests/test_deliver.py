@@ -424,3 +424,29 @@ print(json.dumps({"published_before": published, "pending": ob.pending(), "stats
     assert res["stats"]["connects"] == 2
     # Applied from the session's queue before anything was published again.
     assert res["stats"]["published"] == 5 and nonces == [1, 2, 3, 4, 5]
+
+
+def test_wrong_ca_is_an_error_in_stats_never_an_exception(
+    device: RunDevice, broker: Broker, tmp_path: Path
+) -> None:
+    shutil.copy(broker.wrong_ca, tmp_path / "ca.pem")
+    code = (
+        SETUP
+        + """
+from ioconnect.net import Backoff
+d = delivery(cfg["port"], tls=True, ca="ca.pem", server_hostname="localhost",
+             backoff=Backoff(1, 1))
+reading()
+for i in range(3):
+    d.step(100)
+    time.sleep_ms(5)
+report(d)
+"""
+    )
+    [res] = device(code, {"port": broker.tls_port, "addr": addr(9)}, fs_dir=tmp_path)
+    assert res["pending"] == [1]
+    assert res["stats"]["connects"] == 0 and res["stats"]["published"] == 0
+    assert res["stats"]["last_error"] == (
+        "connect: TLS: server certificate rejected: "
+        "The certificate is not correctly signed by the trusted CA"
+    )
