@@ -450,3 +450,42 @@ report(d)
         "connect: TLS: server certificate rejected: "
         "The certificate is not correctly signed by the trusted CA"
     )
+
+
+def test_from_config_builds_the_protocol_topics(device: RunDevice, broker: Broker) -> None:
+    code = """
+import json
+from ioconnect import config
+from ioconnect.deliver import from_config, topics, DeliveryError
+from ioconnect.outbox import Outbox
+ob = Outbox("ob")
+try:
+    from_config(ob, "0xAB", "42")
+except DeliveryError as e:
+    print(json.dumps(str(e)))
+cfg = json.load(open("cases.json"))
+config.put("mqtt.host", "127.0.0.1")
+config.put("mqtt.port", cfg["port"])
+config.put("mqtt.keepalive_s", 30)
+d = from_config(ob, "0xAbCd", "42")
+c = d.client
+print(json.dumps([topics("7", "0xAB"), d.tasks_topic.decode(), d.acks_topic.decode(),
+                  c.client_id.decode(), c.port, c.keepalive_s, d.tls]))
+ob.put(1, b'{"nonce":1}')
+d.step(2000)
+print(json.dumps([d.stats["connects"], d.stats["published"], d.stats["last_error"]]))
+"""
+    out = device(code, {"port": broker.port})
+    assert out == [
+        "mqtt.host is not set",
+        [
+            ["ioconnect/7/0xab/tasks", "ioconnect/7/0xab/acks"],
+            "ioconnect/42/0xabcd/tasks",
+            "ioconnect/42/0xabcd/acks",
+            "0xabcd",
+            broker.port,
+            30,
+            False,
+        ],
+        [1, 1, None],
+    ]

@@ -42,6 +42,41 @@ def _der(data):
     return binascii.a2b_base64(data[start:end])
 
 
+def topics(project_id, address):
+    """(tasks, acks) topics of a device, as PROTOCOLS.md "Device <-> relay over MQTT" says."""
+    base = "ioconnect/%s/%s/" % (project_id, address.lower())
+    return base + "tasks", base + "acks"
+
+
+def from_config(outbox, address, project_id, config_path=None):
+    """A Delivery set up from the device settings (mqtt.*); client id = the address."""
+    from ioconnect import config
+
+    def v(key, default=None):
+        if config_path is None:
+            return config.value(key, default)
+        return config.value(key, default, config_path)
+
+    host = v("mqtt.host")
+    if not host:
+        raise DeliveryError("mqtt.host is not set")
+    tasks, acks = topics(project_id, address)
+    tls = bool(v("mqtt.tls", False))
+    return Delivery(
+        outbox,
+        client_id=address.lower(),
+        host=host,
+        port=v("mqtt.port", 8883 if tls else 1883),
+        tasks_topic=tasks,
+        acks_topic=acks,
+        keepalive_s=v("mqtt.keepalive_s", 60),
+        tls=tls,
+        ca=v("mqtt.ca"),
+        user=v("mqtt.user"),
+        password=v("mqtt.password"),
+    )
+
+
 def _ms_left(deadline):
     return time.ticks_diff(deadline, time.ticks_ms())
 
