@@ -489,3 +489,46 @@ print(json.dumps([d.stats["connects"], d.stats["published"], d.stats["last_error
         ],
         [1, 1, None],
     ]
+
+
+def test_device_to_relay_to_node_end_to_end(
+    device: RunDevice, broker: Broker, tmp_path: Path
+) -> None:
+    # The real relay (tests/test_relay.py's Pipeline: MqttFront, Forwarder, node over
+    # HTTP) answers the device firmware's Delivery: signed bodies (made here, as the
+    # attestation layer would on the device) leave the outbox only on its acks.
+    from test_relay import DEVICE, Pipeline
+    from test_relay import body as signed_body
+
+    fs = tmp_path / "fs"
+    (fs / "outbox").mkdir(parents=True)
+    for n in range(1, 6):
+        (fs / "outbox" / str(n)).write_bytes(signed_body(n, f'{{"t":{n}}}'))
+    # A reading the relay must refuse: same device, a project it does not sign for.
+    (fs / "outbox" / "6").write_bytes(signed_body(6, '{"t":6}', project="43"))
+    code = """
+import json, time
+from ioconnect.outbox import Outbox
+from ioconnect.deliver import Delivery, topics
+cfg = json.load(open("cases.json"))
+ob = Outbox("outbox")
+tasks, acks = topics("42", cfg["addr"])
+d = Delivery(ob, client_id=cfg["addr"], host="127.0.0.1", port=cfg["port"],
+             tasks_topic=tasks, acks_topic=acks, timeout_ms=3000)
+t0 = time.ticks_ms()
+while len(ob) and time.ticks_diff(time.ticks_ms(), t0) < 30000:
+    d.step(200)
+print(json.dumps({"pending": ob.pending(), "stats": d.stats}))
+"""
+    (tmp_path / "relay").mkdir()
+    pipe = Pipeline(tmp_path / "relay", broker.port)
+    try:
+        [res] = device(code, {"port": broker.port, "addr": DEVICE}, fs_dir=fs)
+        tasks = pipe.node.tasks_of(DEVICE)
+    finally:
+        pipe.close()
+    st = res["stats"]
+    assert res["pending"] == []
+    assert (st["acked"], st["rejected"]) == (5, 1)
+    assert st["rejected_reasons"] == {"wrong_project": 1}
+    assert [t["nonce"] for t in tasks] == [1, 2, 3, 4, 5]  # each reached the node once
