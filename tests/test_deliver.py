@@ -474,6 +474,10 @@ print(json.dumps([topics("7", "0xAB"), d.tasks_topic.decode(), d.acks_topic.deco
 ob.put(1, b'{"nonce":1}')
 d.step(2000)
 print(json.dumps([d.stats["connects"], d.stats["published"], d.stats["last_error"]]))
+config.put("mqtt.tls", True)
+config.put("mqtt.port", None)
+d = from_config(ob, "0xAbCd", "42")
+print(json.dumps([d.tls, d.ca, d.client.port]))  # the CA `ioconnect provision --ca` wrote
 """
     out = device(code, {"port": broker.port})
     assert out == [
@@ -488,6 +492,7 @@ print(json.dumps([d.stats["connects"], d.stats["published"], d.stats["last_error
             False,
         ],
         [1, 1, None],
+        [True, "ca.pem", 8883],
     ]
 
 

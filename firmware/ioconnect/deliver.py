@@ -42,6 +42,9 @@ def _der(data):
     return binascii.a2b_base64(data[start:end])
 
 
+_PROVISIONED_CA = "ca.pem"  # where `ioconnect provision --ca` puts the CA on the flash
+
+
 def topics(project_id, address):
     """(tasks, acks) topics of a device, as PROTOCOLS.md "Device <-> relay over MQTT" says."""
     base = "ioconnect/%s/%s/" % (project_id, address.lower())
@@ -71,7 +74,7 @@ def from_config(outbox, address, project_id, config_path=None):
         acks_topic=acks,
         keepalive_s=v("mqtt.keepalive_s", 60),
         tls=tls,
-        ca=v("mqtt.ca"),
+        ca=v("mqtt.ca") or (_PROVISIONED_CA if tls else None),
         user=v("mqtt.user"),
         password=v("mqtt.password"),
     )
