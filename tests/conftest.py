@@ -15,6 +15,9 @@ from ioconnect_host.vm import DEFAULT_HEAP, run_script
 
 RunDevice = Callable[..., list[Any]]
 
+# Real MQTT parts (mosquitto broker fixture, acker): tests/brokers.py.
+pytest_plugins = ("brokers",)
+
 
 def run_device(
     code: str,

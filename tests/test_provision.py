@@ -116,6 +116,7 @@ def test_bundle_settings_files_and_permit(
         "wifi.password": "<set>",
         "mqtt.host": "broker.local",
         "mqtt.port": 1884,
+        "mqtt.tls": False,  # the firmware has the setting (ioconnect.config)
     }
     flash = pico.config.flash_dir
     assert (flash / "ca.pem").read_bytes() == ca.read_bytes()

@@ -5,7 +5,7 @@ import os
 
 PATH = "config.json"
 
-# key: (kind, min, max) — length bounds for text, value bounds for ints.
+# key: (kind, min, max) — length bounds for text, value bounds for ints (bool: 0, 1).
 SCHEMA = {
     "device.name": ("str", 1, 32),
     "wifi.ssid": ("str", 0, 32),
@@ -13,6 +13,12 @@ SCHEMA = {
     "mqtt.host": ("str", 0, 253),
     "mqtt.port": ("int", 1, 65535),
     "mqtt.topic": ("str", 1, 128),
+    "mqtt.tls": ("bool", 0, 1),
+    "mqtt.ca": ("str", 1, 64),  # path of the CA certificate (PEM or DER) on the device
+    "mqtt.user": ("str", 0, 64),
+    "mqtt.password": ("secret", 0, 64),
+    "mqtt.keepalive_s": ("int", 10, 3600),
+    "outbox.capacity": ("int", 1, 1024),
     "w3bstream.project_id": ("decimal", 1, 20),
     "w3bstream.project_version": ("str", 0, 32),
     "sample.interval_s": ("int", 1, 86400),
@@ -41,6 +47,10 @@ def check(key, value):
     if spec is None:
         raise ConfigError("unknown setting %r" % (key,))
     kind, lo, hi = spec
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError("%s must be true or false" % key)
+        return value
     if kind == "int":
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
             raise ConfigError("%s must be an integer in %d..%d" % (key, lo, hi))

@@ -1,0 +1,539 @@
+"""Delivery (ioconnect.deliver) on the MicroPython VM at 96 KB heap, against a
+real mosquitto and a relay-side acker (paho-mqtt): nonce order, acks empty the
+outbox, broker restart mid-run, no ack, rejections, a full outbox while
+offline, and a Wi-Fi drop on the virtual board.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from brokers import Acker, Broker, DeviceProcess, SimBoard, accept_all, free_port
+from conftest import RunDevice
+
+# A device: its reading bodies have the shape of POST /v1/task.
+SETUP = """
+import json, time, gc
+from ioconnect.outbox import Outbox
+from ioconnect.deliver import Delivery
+from ioconnect.nonce import NonceStore
+cfg = json.load(open("cases.json"))
+ADDR = cfg["addr"]
+ob = Outbox("outbox", cfg.get("capacity", 64))
+ns = NonceStore("nonce.dat", 32)
+def delivery(port, **kw):
+    return Delivery(ob, client_id=ADDR, host="127.0.0.1", port=port,
+                    tasks_topic="ioconnect/42/%s/tasks" % ADDR,
+                    acks_topic="ioconnect/42/%s/acks" % ADDR, timeout_ms=3000, **kw)
+def reading():
+    n = ns.next()
+    body = '{"nonce":%d,"projectID":"42","payload":{"t":%d},"signature":"0x%s"}' % (
+        n, 20 + n % 7, "ab" * 64)
+    ob.put(n, body.encode())
+    return n
+def drain(d, limit_ms):
+    t0 = time.ticks_ms()
+    while len(ob) and time.ticks_diff(time.ticks_ms(), t0) < limit_ms:
+        d.step(200)
+def report(d):
+    print(json.dumps({"stats": d.stats, "pending": ob.pending(), "dropped": ob.dropped}))
+"""
+
+
+def addr(n: int) -> str:
+    return f"0x{n:040x}"
+
+
+def expected_body(n: int) -> bytes:
+    return b'{"nonce":%d,"projectID":"42","payload":{"t":%d},"signature":"0x%s"}' % (
+        n,
+        20 + n % 7,
+        b"ab" * 64,
+    )
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_every_reading_arrives_in_nonce_order_and_acks_empty_the_outbox(
+    device: RunDevice, broker: Broker, tmp_path: Path, tls: bool
+) -> None:
+    shutil.copy(broker.ca, tmp_path / "ca.pem")
+    code = (
+        SETUP
+        + """
+kw = {"tls": True, "ca": "ca.pem", "server_hostname": "localhost"} if cfg["tls"] else {}
+d = delivery(cfg["tls_port"] if cfg["tls"] else cfg["port"], **kw)
+for i in range(40):
+    reading()
+    d.step(20)
+drain(d, 20000)
+report(d)
+"""
+    )
+    cfg = {"port": broker.port, "tls_port": broker.tls_port, "tls": tls, "addr": addr(1 + tls)}
+    with Acker(broker.port, client_id=f"relay-order-{tls}") as acker:
+        [res] = device(code, cfg, fs_dir=tmp_path)
+        received = list(acker.received)
+    assert [json.loads(p)["nonce"] for _, p in received] == list(range(1, 41))
+    assert all(t == f"ioconnect/42/{addr(1 + tls)}/tasks" for t, _ in received)
+    assert [p for _, p in received] == [expected_body(n) for n in range(1, 41)]
+    st = res["stats"]
+    assert (st["published"], st["acked"], st["rejected"], st["connects"]) == (40, 40, 0, 1)
+    assert res["pending"] == [] and res["dropped"] == 0
+    assert st["last_error"] is None
+    assert list((tmp_path / "outbox").iterdir()) == []
+    assert json.loads(received[0][1])["nonce"] == 1
+
+
+def test_broker_restart_mid_run_loses_nothing(broker: Broker, tmp_path: Path) -> None:
+    code = (
+        SETUP
+        + """
+d = delivery(cfg["port"])
+for i in range(60):
+    reading()
+    d.step(50)
+    print(json.dumps({"i": i, "connected": d.connected(), "pending": len(ob)}))
+drain(d, 30000)
+report(d)
+"""
+    )
+    (tmp_path / "fs").mkdir()
+    (tmp_path / "fs" / "cases.json").write_text(json.dumps({"port": broker.port, "addr": addr(12)}))
+    with Acker(broker.port, client_id="relay-restart") as acker:
+        dev = DeviceProcess(code, tmp_path / "fs")
+        try:
+            while dev.next_line()["i"] < 20:
+                pass
+            broker.restart(down_s=1.0)
+            lines = dev.wait(120)
+        finally:
+            dev.kill()
+        time.sleep(0.3)
+        nonces = acker.nonces()
+    res = lines[-1]
+    steps = lines[:-1]
+    # The device saw the broker go, kept producing, and came back.
+    assert any(not s["connected"] for s in steps)
+    assert res["stats"]["reconnects"] >= 1 and res["stats"]["last_error"]
+    assert res["pending"] == [] and res["dropped"] == 0
+    assert res["stats"]["acked"] == 60
+    # Nothing lost; first arrivals in nonce order (republished ones come again later).
+    assert set(nonces) == set(range(1, 61))
+    first = list(dict.fromkeys(nonces))
+    assert first == list(range(1, 61))
+
+
+def test_no_ack_keeps_readings_and_resends_after_silence(
+    device: RunDevice, broker: Broker, tmp_path: Path
+) -> None:
+    code = (
+        SETUP
+        + """
+d = delivery(cfg["port"])
+for i in range(5):
+    reading()
+t0 = time.ticks_ms()
+while time.ticks_diff(time.ticks_ms(), t0) < 1500:
+    d.step(100)
+report(d)
+d.client.disconnect()
+d2 = delivery(cfg["port"], resend_s=1)
+t0 = time.ticks_ms()
+while time.ticks_diff(time.ticks_ms(), t0) < 2500:
+    d2.step(100)
+report(d2)
+"""
+    )
+    with Acker(broker.port, policy=lambda n, b: None, client_id="relay-silent") as acker:
+        first, second = device(code, {"port": broker.port, "addr": addr(3)}, fs_dir=tmp_path)
+        time.sleep(0.3)
+        nonces = acker.nonces()
+    # PUBACKs came from the broker, but no relay ack: every reading stays.
+    assert first["pending"] == [1, 2, 3, 4, 5]
+    assert first["stats"]["published"] == 5 and first["stats"]["acked"] == 0
+    # Silence for resend_s: published again, in order, still kept.
+    assert second["pending"] == [1, 2, 3, 4, 5]
+    assert second["stats"]["published"] >= 10
+    assert nonces[:10] == [1, 2, 3, 4, 5] * 2
+    assert sorted((p.name for p in (tmp_path / "outbox").iterdir()), key=int) == [
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+    ]
+
+
+def test_rejections_counted_by_reason_and_removed(
+    device: RunDevice, broker: Broker, tmp_path: Path
+) -> None:
+    def policy(n: int, body: dict[str, Any]) -> dict[str, Any] | None:
+        if n % 3 == 0:
+            return {"nonce": n, "status": "rejected", "reason": "device not approved"}
+        if n == 4:
+            return {"nonce": n, "status": "rejected", "reason": "bad signature"}
+        if n == 5:
+            return {"nonce": n, "status": "pending"}  # not final: kept
+        return {"nonce": n, "status": "accepted", "taskID": "0x01"}
+
+    code = (
+        SETUP
+        + """
+d = delivery(cfg["port"])
+for i in range(9):
+    reading()
+t0 = time.ticks_ms()
+while len(ob) > 1 and time.ticks_diff(time.ticks_ms(), t0) < 10000:
+    d.step(200)
+# Garbage on the acks topic is counted, never fatal.
+while d.stats["bad_acks"] < 3 and time.ticks_diff(time.ticks_ms(), t0) < 15000:
+    d.step(200)
+report(d)
+"""
+    )
+    topic = f"ioconnect/42/{addr(4)}/acks"
+
+    def garbage() -> None:
+        time.sleep(1.5)
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="garbage")
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        for payload in (b"not json", b'{"status": "accepted"}', b"[1, 2]"):
+            pub.publish(topic, payload, qos=1).wait_for_publish(5)
+        pub.loop_stop()
+        pub.disconnect()
+
+    thread = threading.Thread(target=garbage)
+    with Acker(broker.port, policy=policy, client_id="relay-reject"):
+        thread.start()
+        [res] = device(code, {"port": broker.port, "addr": addr(4)}, fs_dir=tmp_path)
+        thread.join()
+    st = res["stats"]
+    assert res["pending"] == [5]
+    assert (st["acked"], st["rejected"]) == (4, 4)  # accepted 1, 2, 7, 8
+    assert st["rejected_reasons"] == {"device not approved": 3, "bad signature": 1}
+    assert st["bad_acks"] >= 4  # three pieces of garbage and the "pending" status
+
+
+def test_full_outbox_while_offline_then_newest_delivered_in_order(
+    device: RunDevice, broker: Broker, tmp_path: Path
+) -> None:
+    dead = free_port()
+    code = (
+        SETUP
+        + """
+from ioconnect.net import Backoff
+off = delivery(cfg["dead"], backoff=Backoff(1, 1))
+for i in range(10):
+    reading()
+    off.step(50)
+    time.sleep_ms(2)
+report(off)
+d = delivery(cfg["port"])
+drain(d, 10000)
+report(d)
+"""
+    )
+    with Acker(broker.port, client_id="relay-full") as acker:
+        offline, online = device(
+            code,
+            {"port": broker.port, "dead": dead, "addr": addr(5), "capacity": 4},
+            fs_dir=tmp_path,
+        )
+        time.sleep(0.3)
+        nonces = acker.nonces()
+    assert offline["pending"] == [7, 8, 9, 10] and offline["dropped"] == 6
+    assert offline["stats"]["published"] == 0
+    assert (
+        offline["stats"]["last_error"] == f"cannot connect to 127.0.0.1:{dead}: connection refused"
+    )
+    assert online["pending"] == [] and online["dropped"] == 6
+    assert nonces == [7, 8, 9, 10]
+
+
+def test_delivery_keys_in_config(device: RunDevice) -> None:
+    code = """
+import json
+from ioconnect import config
+for key, value in json.load(open("cases.json")):
+    try:
+        print(json.dumps([key, config.put(key, value)]))
+    except config.ConfigError as e:
+        print(json.dumps([key, "error: " + str(e)]))
+print(json.dumps(config.value("mqtt.password")))
+"""
+    cases = [
+        ["mqtt.tls", True],
+        ["mqtt.tls", 1],
+        ["mqtt.ca", "ca.der"],
+        ["mqtt.user", "dev"],
+        ["mqtt.password", "s3cret"],
+        ["mqtt.keepalive_s", 5],
+        ["mqtt.keepalive_s", 120],
+        ["outbox.capacity", 0],
+        ["outbox.capacity", 256],
+    ]
+    out = device(code, cases)
+    assert out == [
+        ["mqtt.tls", True],
+        ["mqtt.tls", "error: mqtt.tls must be true or false"],
+        ["mqtt.ca", "ca.der"],
+        ["mqtt.user", "dev"],
+        ["mqtt.password", "<set>"],
+        ["mqtt.keepalive_s", "error: mqtt.keepalive_s must be an integer in 10..3600"],
+        ["mqtt.keepalive_s", 120],
+        ["outbox.capacity", "error: outbox.capacity must be an integer in 1..1024"],
+        ["outbox.capacity", 256],
+        "s3cret",
+    ]
+
+
+# -- the virtual board's Wi-Fi ----------------------------------------------------
+
+
+@pytest.fixture
+def board(tmp_path: Path) -> Iterator[SimBoard]:
+    b = SimBoard("esp32", tmp_path / "board", name="deliver-board")
+    yield b
+    b.close()
+
+
+WIFI_SETUP = """
+import json, time
+from ioconnect.net import wifi_up, Station, Backoff
+from ioconnect.outbox import Outbox
+from ioconnect.deliver import Delivery
+from ioconnect.nonce import NonceStore
+st = Station("ioconnect-sim", "", Backoff(100, 400))
+ob = Outbox("outbox", 32)
+ns = NonceStore("nonce.dat", 8)
+d = Delivery(ob, client_id="%s", host="127.0.0.1", port=%d,
+             tasks_topic="ioconnect/42/%s/tasks", acks_topic="ioconnect/42/%s/acks",
+             timeout_ms=2000, backoff=Backoff(100, 400))
+def run(readings, ms):
+    t0 = time.ticks_ms()
+    for i in range(readings):
+        n = ns.next()
+        ob.put(n, b'{"nonce":%%d}' %% n)
+    while time.ticks_diff(time.ticks_ms(), t0) < ms:
+        up = st.up(500)
+        d.step(100)
+        if not readings and not len(ob):
+            break
+    print(json.dumps({"up": up, "connected": d.connected(), "pending": ob.pending(),
+                      "stats": d.stats}))
+"""
+
+
+def test_delivery_survives_a_wifi_drop(board: SimBoard, broker: Broker) -> None:
+    a = addr(6)
+    with Acker(broker.port, client_id="relay-wifi") as acker:
+        board.run(WIFI_SETUP % (a, broker.port, a, a))
+        [before] = board.run("run(3, 1500)")
+        assert before["up"] and before["connected"] and before["pending"] == []
+        board.vb.set_fault(wifi="down")
+        try:
+            [down] = board.run("run(4, 1500)")
+        finally:
+            board.vb.set_fault(wifi="up")
+        [after] = board.run("run(0, 15000)")
+        time.sleep(0.3)
+        nonces = acker.nonces()
+    # While the AP is gone: no exception, readings kept, the error recorded.
+    assert not down["up"] and not down["connected"]
+    assert down["pending"] == [4, 5, 6, 7]
+    assert down["stats"]["last_error"]
+    # Back: rejoined, reconnected, everything delivered in order.
+    assert after["up"] and after["connected"] and after["pending"] == []
+    assert after["stats"]["reconnects"] >= 1 and after["stats"]["acked"] == 7
+    assert list(dict.fromkeys(nonces)) == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_link_dropped_while_the_app_slept_is_reconnected_in_the_same_step(
+    device: RunDevice, broker: Broker, tmp_path: Path
+) -> None:
+    # keepalive 1 s and no step for 6 s: the broker cuts the link (1.5 x keepalive).
+    # The next step finds it dead, reconnects at once (the link had served > 5 s)
+    # and delivers the new reading within its own budget.
+    code = (
+        SETUP
+        + """
+d = delivery(cfg["port"], keepalive_s=1)
+d.step(100)
+first = d.connected()
+time.sleep_ms(6000)
+reading()
+d.step(3000)
+print(json.dumps({"first": first, "connected": d.connected(), "pending": ob.pending(),
+                  "stats": d.stats}))
+"""
+    )
+    with Acker(broker.port, client_id="relay-sleepy") as acker:
+        [res] = device(code, {"port": broker.port, "addr": addr(7)}, fs_dir=tmp_path)
+        time.sleep(0.3)
+        nonces = acker.nonces()
+    assert res["first"] and res["connected"]
+    assert res["pending"] == [] and res["stats"]["reconnects"] == 1
+    assert res["stats"]["last_error"].startswith("connection closed by the broker")
+    assert nonces == [1]
+
+
+def test_acks_sent_while_offline_arrive_with_the_persistent_session(
+    device: RunDevice, broker: Broker, tmp_path: Path
+) -> None:
+    # The device publishes and drops the link before the relay's acks come back;
+    # the broker keeps them for its session (clean session off) and hands them
+    # over on reconnect: the outbox empties without the relay seeing a resend.
+    code = (
+        SETUP
+        + """
+d = delivery(cfg["port"])
+for i in range(5):
+    reading()
+d._connect()
+for n in ob.pending():
+    d._publish(n)  # PUBLISH and the broker's PUBACK; the relay's acks come later
+d.client.close()  # gone without DISCONNECT
+published = d.stats["published"]
+time.sleep_ms(2500)
+t0 = time.ticks_ms()
+while len(ob) and time.ticks_diff(time.ticks_ms(), t0) < 10000:
+    d.step(200)
+print(json.dumps({"published_before": published, "pending": ob.pending(), "stats": d.stats}))
+"""
+    )
+
+    def slow_relay(n: int, body: dict[str, Any]) -> dict[str, Any] | None:
+        time.sleep(0.2)  # acks reach the broker after the device has left
+        return accept_all(n, body)
+
+    with Acker(broker.port, policy=slow_relay, client_id="relay-offline-acks") as acker:
+        [res] = device(code, {"port": broker.port, "addr": addr(8)}, fs_dir=tmp_path)
+        time.sleep(0.3)
+        nonces = acker.nonces()
+    assert res["published_before"] == 5
+    assert res["pending"] == [] and res["stats"]["acked"] == 5
+    assert res["stats"]["connects"] == 2
+    # Applied from the session's queue before anything was published again.
+    assert res["stats"]["published"] == 5 and nonces == [1, 2, 3, 4, 5]
+
+
+def test_wrong_ca_is_an_error_in_stats_never_an_exception(
+    device: RunDevice, broker: Broker, tmp_path: Path
+) -> None:
+    shutil.copy(broker.wrong_ca, tmp_path / "ca.pem")
+    code = (
+        SETUP
+        + """
+from ioconnect.net import Backoff
+d = delivery(cfg["port"], tls=True, ca="ca.pem", server_hostname="localhost",
+             backoff=Backoff(1, 1))
+reading()
+for i in range(3):
+    d.step(100)
+    time.sleep_ms(5)
+report(d)
+"""
+    )
+    [res] = device(code, {"port": broker.tls_port, "addr": addr(9)}, fs_dir=tmp_path)
+    assert res["pending"] == [1]
+    assert res["stats"]["connects"] == 0 and res["stats"]["published"] == 0
+    assert res["stats"]["last_error"] == (
+        "connect: TLS: server certificate rejected: "
+        "The certificate is not correctly signed by the trusted CA"
+    )
+
+
+def test_from_config_builds_the_protocol_topics(device: RunDevice, broker: Broker) -> None:
+    code = """
+import json
+from ioconnect import config
+from ioconnect.deliver import from_config, topics, DeliveryError
+from ioconnect.outbox import Outbox
+ob = Outbox("ob")
+try:
+    from_config(ob, "0xAB", "42")
+except DeliveryError as e:
+    print(json.dumps(str(e)))
+cfg = json.load(open("cases.json"))
+config.put("mqtt.host", "127.0.0.1")
+config.put("mqtt.port", cfg["port"])
+config.put("mqtt.keepalive_s", 30)
+d = from_config(ob, "0xAbCd", "42")
+c = d.client
+print(json.dumps([topics("7", "0xAB"), d.tasks_topic.decode(), d.acks_topic.decode(),
+                  c.client_id.decode(), c.port, c.keepalive_s, d.tls]))
+ob.put(1, b'{"nonce":1}')
+d.step(2000)
+print(json.dumps([d.stats["connects"], d.stats["published"], d.stats["last_error"]]))
+config.put("mqtt.tls", True)
+config.put("mqtt.port", None)
+d = from_config(ob, "0xAbCd", "42")
+print(json.dumps([d.tls, d.ca, d.client.port]))  # the CA `ioconnect provision --ca` wrote
+"""
+    out = device(code, {"port": broker.port})
+    assert out == [
+        "mqtt.host is not set",
+        [
+            ["ioconnect/7/0xab/tasks", "ioconnect/7/0xab/acks"],
+            "ioconnect/42/0xabcd/tasks",
+            "ioconnect/42/0xabcd/acks",
+            "0xabcd",
+            broker.port,
+            30,
+            False,
+        ],
+        [1, 1, None],
+        [True, "ca.pem", 8883],
+    ]
+
+
+def test_device_to_relay_to_node_end_to_end(
+    device: RunDevice, broker: Broker, tmp_path: Path
+) -> None:
+    # The real relay (tests/test_relay.py's Pipeline: MqttFront, Forwarder, node over
+    # HTTP) answers the device firmware's Delivery: signed bodies (made here, as the
+    # attestation layer would on the device) leave the outbox only on its acks.
+    from test_relay import DEVICE, Pipeline
+    from test_relay import body as signed_body
+
+    fs = tmp_path / "fs"
+    (fs / "outbox").mkdir(parents=True)
+    for n in range(1, 6):
+        (fs / "outbox" / str(n)).write_bytes(signed_body(n, f'{{"t":{n}}}'))
+    # A reading the relay must refuse: same device, a project it does not sign for.
+    (fs / "outbox" / "6").write_bytes(signed_body(6, '{"t":6}', project="43"))
+    code = """
+import json, time
+from ioconnect.outbox import Outbox
+from ioconnect.deliver import Delivery, topics
+cfg = json.load(open("cases.json"))
+ob = Outbox("outbox")
+tasks, acks = topics("42", cfg["addr"])
+d = Delivery(ob, client_id=cfg["addr"], host="127.0.0.1", port=cfg["port"],
+             tasks_topic=tasks, acks_topic=acks, timeout_ms=3000)
+t0 = time.ticks_ms()
+while len(ob) and time.ticks_diff(time.ticks_ms(), t0) < 30000:
+    d.step(200)
+print(json.dumps({"pending": ob.pending(), "stats": d.stats}))
+"""
+    (tmp_path / "relay").mkdir()
+    pipe = Pipeline(tmp_path / "relay", broker.port)
+    try:
+        [res] = device(code, {"port": broker.port, "addr": DEVICE}, fs_dir=fs)
+        tasks = pipe.node.tasks_of(DEVICE)
+    finally:
+        pipe.close()
+    st = res["stats"]
+    assert res["pending"] == []
+    assert (st["acked"], st["rejected"]) == (5, 1)
+    assert st["rejected_reasons"] == {"wrong_project": 1}
+    assert [t["nonce"] for t in tasks] == [1, 2, 3, 4, 5]  # each reached the node once
