@@ -137,7 +137,7 @@ def test_no_ack_keeps_readings_and_resends_after_silence(
     code = (
         SETUP
         + """
-d = delivery(cfg["port"])
+d = delivery(cfg["port"], window=8)
 for i in range(5):
     reading()
 t0 = time.ticks_ms()
@@ -145,7 +145,7 @@ while time.ticks_diff(time.ticks_ms(), t0) < 1500:
     d.step(100)
 report(d)
 d.client.disconnect()
-d2 = delivery(cfg["port"], resend_s=1)
+d2 = delivery(cfg["port"], resend_s=1, window=8)
 t0 = time.ticks_ms()
 while time.ticks_diff(time.ticks_ms(), t0) < 2500:
     d2.step(100)
@@ -187,7 +187,7 @@ def test_rejections_counted_by_reason_and_removed(
     code = (
         SETUP
         + """
-d = delivery(cfg["port"])
+d = delivery(cfg["port"], window=16)
 for i in range(9):
     reading()
 t0 = time.ticks_ms()
@@ -502,8 +502,8 @@ def test_device_to_relay_to_node_end_to_end(
     # The real relay (tests/test_relay.py's Pipeline: MqttFront, Forwarder, node over
     # HTTP) answers the device firmware's Delivery: signed bodies (made here, as the
     # attestation layer would on the device) leave the outbox only on its acks.
-    from test_relay import DEVICE, Pipeline
-    from test_relay import body as signed_body
+    from relayparts import DEVICE, Pipeline, wait_tasks
+    from relayparts import body as signed_body
 
     fs = tmp_path / "fs"
     (fs / "outbox").mkdir(parents=True)
@@ -529,11 +529,45 @@ print(json.dumps({"pending": ob.pending(), "stats": d.stats}))
     pipe = Pipeline(tmp_path / "relay", broker.port)
     try:
         [res] = device(code, {"port": broker.port, "addr": DEVICE}, fs_dir=fs)
-        tasks = pipe.node.tasks_of(DEVICE)
+        tasks = wait_tasks(pipe.node, 5)
     finally:
         pipe.close()
     st = res["stats"]
     assert res["pending"] == []
-    assert (st["acked"], st["rejected"]) == (5, 1)
+    assert (st["queued"], st["rejected"]) == (5, 1)  # the relay acks once stored
     assert st["rejected_reasons"] == {"wrong_project": 1}
     assert [t["nonce"] for t in tasks] == [1, 2, 3, 4, 5]  # each reached the node once
+
+
+def test_one_reading_out_at_a_time_by_default(
+    device: RunDevice, broker: Broker, tmp_path: Path
+) -> None:
+    """Window 1: the next reading goes out only after the relay's ack of the last, so
+    relays sharing a subscription never see one device's nonces out of order."""
+    code = (
+        SETUP
+        + """
+d = delivery(cfg["port"])
+for i in range(4):
+    reading()
+t0 = time.ticks_ms()
+while time.ticks_diff(time.ticks_ms(), t0) < 1500:
+    d.step(100)
+report(d)
+"""
+    )
+    acked: list[int] = []
+
+    def policy(n: int, body: dict[str, Any]) -> dict[str, Any] | None:
+        if n <= 2:  # the relay stores 1 and 2, then stops answering
+            acked.append(n)
+            return {"nonce": n, "status": "queued"}
+        return None
+
+    with Acker(broker.port, policy=policy, client_id="relay-window") as acker:
+        [res] = device(code, {"port": broker.port, "addr": addr(9)}, fs_dir=tmp_path)
+        time.sleep(0.3)
+        nonces = acker.nonces()
+    assert nonces == [1, 2, 3]  # 4 waits for 3's ack
+    assert res["pending"] == [3, 4]
+    assert (res["stats"]["queued"], res["stats"]["published"]) == (2, 3)

@@ -4,10 +4,15 @@
 # Per step: (re)connect when the backoff allows (clean session off, subscribe
 # to the acks topic), publish pending readings in nonce order (QoS 1: the
 # broker's PUBACK), and apply the relay's acks: {"nonce": N, "status":
-# "accepted"|"rejected", ...} removes N from the outbox. A PUBACK is only the
-# broker's; a reading leaves the outbox when the relay acks it. After a
-# reconnect every pending reading is published again (the relay is
-# idempotent on (device, nonce)); also after resend_s with no progress.
+# "queued"|"accepted"|"rejected", ...} removes N from the outbox ("queued": the
+# relay has stored it durably and owns it now; W3bstream's verdict is then the
+# relay's to count; "rejected" here is the relay's own refusal, counted by
+# reason). A PUBACK is only the broker's; a reading leaves the outbox when
+# the relay acks it. At most `window` readings are out without an ack (default
+# 1): relays sharing a subscription then never see a device's nonces out of
+# order, and a relay rejects a nonce below the device's high-water mark.
+# After a reconnect the unacknowledged readings are published again (the relay
+# is idempotent on (device, nonce)); also after resend_s with no progress.
 import gc
 import json
 import time
@@ -22,6 +27,7 @@ _MAX_ACKS = const(32)  # acks held between steps; more are dropped (the relay re
 _MAX_REASONS = const(8)  # distinct rejection reasons counted; the rest go to "other"
 _REASON_LEN = const(48)
 _STABLE_MS = const(5000)  # a link up this long was good: a drop is retried without backoff
+_STATUSES = ("queued", "accepted", "rejected")
 
 
 class DeliveryError(ValueError):
@@ -101,8 +107,9 @@ class Delivery:
         password=None,
         server_hostname=None,
         timeout_ms=10000,
-        resend_s=300,
+        resend_s=30,
         backoff=None,
+        window=1,
     ):
         if tls and not ca:
             raise DeliveryError(
@@ -114,6 +121,7 @@ class Delivery:
         self.tls = tls
         self.ca = ca
         self.resend_ms = resend_s * 1000
+        self.window = window
         self.client = MQTTClient(
             client_id,
             host,
@@ -128,6 +136,7 @@ class Delivery:
         self.backoff = backoff or Backoff(1000, 60000)
         self.stats = {  # type: dict
             "published": 0,
+            "queued": 0,
             "acked": 0,
             "rejected": 0,
             "reconnects": 0,
@@ -166,19 +175,19 @@ class Delivery:
 
     def _work(self, deadline):
         c = self.client
+        ob = self.outbox
         c.poll(0)
         self._apply_acks()
         self._maybe_resend()
-        while _ms_left(deadline) > 0:
-            n = self.outbox.next_after(self._sent)
-            if n is None:
-                break
-            self._publish(n)
-            c.poll(0)
-            self._apply_acks()
-        # Wait out the budget only while readings wait for their ack.
-        while len(self.outbox) and _ms_left(deadline) > 0:
-            c.poll(_ms_left(deadline))
+        # Publish while the window has room; wait out the budget only while
+        # readings wait for their ack.
+        while len(ob) and _ms_left(deadline) > 0:
+            n = ob.next_after(self._sent)
+            if n is not None and ob.count_upto(self._sent) < self.window:
+                self._publish(n)
+                c.poll(0)
+            else:
+                c.poll(_ms_left(deadline))
             self._apply_acks()
 
     def _publish(self, n):
@@ -197,7 +206,7 @@ class Delivery:
         # Everything was published and no ack came for resend_ms: the relay may
         # have missed them (e.g. it had no persistent session). Publish again.
         if self._sent and time.ticks_diff(time.ticks_ms(), self._progress_at) > self.resend_ms:
-            if self.outbox.next_after(self._sent) is None and len(self.outbox):
+            if self.outbox.count_upto(self._sent):
                 self._sent = 0
 
     def _connect(self):
@@ -272,7 +281,7 @@ class Delivery:
             except (ValueError, KeyError, TypeError):
                 st["bad_acks"] += 1
                 continue
-            if status != "accepted" and status != "rejected" or not isinstance(nonce, int):
+            if status not in _STATUSES or not isinstance(nonce, int):
                 st["bad_acks"] += 1
                 continue
             try:
@@ -283,7 +292,9 @@ class Delivery:
             if not removed:
                 continue  # a second ack of a reading already gone
             self._progress_at = time.ticks_ms()
-            if status == "accepted":
+            if status == "queued":
+                st["queued"] += 1
+            elif status == "accepted":
                 st["acked"] += 1
             else:
                 st["rejected"] += 1

@@ -63,6 +63,15 @@ class Outbox:
         """Nonces waiting for an ack, ascending (a new list)."""
         return list(self._nonces)
 
+    def count_upto(self, nonce):
+        """How many pending nonces are <= ``nonce`` (no allocation)."""
+        k = 0
+        for n in self._nonces:
+            if n > nonce:
+                break
+            k += 1
+        return k
+
     def next_after(self, nonce):
         """The smallest pending nonce greater than ``nonce``, or None (no allocation)."""
         for n in self._nonces:

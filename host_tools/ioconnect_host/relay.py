@@ -11,8 +11,10 @@ Three parts, each testable alone:
   with backoff on network errors and 5xx; a 4xx is final: a dead letter with the
   reason) and store the taskID.
 - :class:`MqttFront` (paho-mqtt 2.x, MQTT 5 shared subscription so several relays
-  split the load) feeds ingest and sends each final status back on the device's
-  ack topic, where the device clears its outbox.
+  split the load) feeds ingest and answers on the device's ack topic as soon as
+  a reading is stored (``queued``: the device clears it from its outbox; the
+  relay's queue, not the device's small outbox, rides out a W3bstream outage),
+  or refused (``rejected`` with the reason).
 
 A message whose signature does not come from the device named in its topic is
 dropped and counted, never acknowledged to that device: a forger must not be
@@ -77,7 +79,8 @@ class Ingested:
     ``rejected`` (genuine but refused: the device is told), ``dropped`` (not from
     the device it names, or unreadable: counted only), ``full`` (store at its
     bound: do not acknowledge to the broker, try again later).
-    ack: the JSON to send on the device's ack topic now, if any.
+    ack: the JSON to send on the device's ack topic now (None: never answer a
+    message the named device did not sign).
     """
 
     kind: Literal["stored", "duplicate", "rejected", "dropped", "full"]
@@ -162,15 +165,14 @@ class Relay:
             return refuse("not_approved")
         adm = self.store.admit(device, project, nonce, payload)
         if adm.kind == "queued":
-            return Ingested("stored", "", device, project, nonce)
+            # Stored durably: the relay owns it now, the device may let it go.
+            return Ingested("stored", "", device, project, nonce, ack_message(nonce, "queued"))
         if adm.kind == "full":
             return Ingested("full", "queue_full", device, project, nonce)
         if adm.kind == "rejected":
             return refuse(adm.reason)
-        # A copy of a reading we have: answer with its status once it is final.
-        ack = None
-        if adm.status in ("accepted", "rejected"):
-            ack = ack_message(nonce, adm.status, adm.task_id, adm.reason)
+        # A copy of a reading we have (a lost ack, a redelivery): the same answer.
+        ack = ack_message(nonce, adm.status or "queued", adm.task_id, adm.reason)
         return Ingested("duplicate", "", device, project, nonce, ack)
 
 
@@ -185,13 +187,11 @@ class Forwarder:
         workers: int = 4,
         timeout_s: float = 10.0,
         max_backoff_s: float = 30.0,
-        on_final: Callable[[], None] | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
         """Args:
         url: the W3bstream API node, e.g. ``http://127.0.0.1:8888``.
         workers: concurrent requests (each keeps one connection alive).
-        on_final: called after each final status (the front sends acks then).
         """
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -201,7 +201,6 @@ class Forwarder:
         self._workers = workers
         self._timeout_s = timeout_s
         self._max_backoff_s = max_backoff_s
-        self._on_final = on_final
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -276,8 +275,6 @@ class Forwarder:
             self._store.finish(
                 job.id, "rejected", task_id="", reason=f"w3bstream_{resp.status}: {why}"
             )
-        if self._on_final:
-            self._on_final()
         return conn
 
     def _later(self, job: Job, error: str) -> None:

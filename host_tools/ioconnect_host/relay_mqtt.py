@@ -1,4 +1,4 @@
-"""The relay's MQTT side (paho-mqtt 2.x): subscribe, ingest, acknowledge.
+"""The relay's MQTT side (paho-mqtt 2.x): subscribe, ingest, answer the device.
 
 A message is acknowledged to the broker (PUBACK, manual) only once ingest has
 stored or finally judged it; while the store is full the message is held and
@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .relay import Relay, RelayError, ack_message, ack_topic
+from .relay import Relay, RelayError, ack_topic
 
 __all__ = ["Broker", "MqttFront", "parse_broker"]
 
@@ -117,7 +117,7 @@ class MqttFront:
         else:
             self._client.connect_async(self.broker.host, self.broker.port, keepalive=30)
         self._client.loop_start()
-        self._thread = threading.Thread(target=self._acks_loop, name="relay-acks", daemon=True)
+        self._thread = threading.Thread(target=self._held_loop, name="relay-held", daemon=True)
         self._thread.start()
 
     def wait_connected(self, timeout_s: float) -> None:
@@ -133,10 +133,6 @@ class MqttFront:
             self._thread.join(5)
         self._client.disconnect()
         self._client.loop_stop()
-
-    def final_status_ready(self) -> None:
-        """The forwarder finished a reading: send acks now."""
-        self._wake.set()
 
     # -- paho callbacks (network thread) ---------------------------------------
     def _on_connect(
@@ -178,18 +174,16 @@ class MqttFront:
             self._client.ack(msg.mid, msg.qos)
         return True
 
-    # -- acks of forwarded readings, and held messages ---------------------------
-    def _acks_loop(self) -> None:
+    # -- messages held while the store was full ----------------------------------
+    def _held_loop(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(0.5)
             self._wake.clear()
             try:
                 self._retry_held()
-                if self.connected.is_set():
-                    self._send_acks()
             except Exception as exc:
                 self.errors += 1
-                self._log(f"sending acks failed: {exc!r}")
+                self._log(f"storing a held message failed: {exc!r}")
 
     def _retry_held(self) -> None:
         while True:
@@ -202,16 +196,3 @@ class MqttFront:
                 return
             with self._lock:
                 self._held.pop(0)
-
-    def _send_acks(self) -> None:
-        store = self.relay.store
-        for fin in store.unacked(limit=500):
-            payload = ack_message(fin.nonce, fin.status, fin.task_id, fin.reason)
-            info = self._client.publish(ack_topic(fin.project, fin.device), payload, qos=1)
-            try:
-                info.wait_for_publish(timeout=5)
-            except (RuntimeError, ValueError):
-                return  # not connected: try again later
-            if not info.is_published():
-                return
-            store.mark_acked([fin.id])

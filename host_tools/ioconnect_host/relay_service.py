@@ -68,8 +68,7 @@ class RelayService:
             log=log, mqtt_version=options.mqtt_version,
         )  # fmt: skip
         self.forwarder = Forwarder(
-            self.store, options.w3bstream, workers=options.workers,
-            on_final=self.front.final_status_ready, log=log,
+            self.store, options.w3bstream, workers=options.workers, log=log,
         )  # fmt: skip
         self._metrics: ThreadingHTTPServer | None = None
 

@@ -52,11 +52,9 @@ CREATE TABLE IF NOT EXISTS messages (
     attempts    INTEGER NOT NULL DEFAULT 0,
     next_try    REAL NOT NULL DEFAULT 0,
     finished    REAL,
-    acked       INTEGER NOT NULL DEFAULT 0,
     UNIQUE (device, project, nonce)
 );
 CREATE INDEX IF NOT EXISTS queued ON messages (status, next_try) WHERE status = 'queued';
-CREATE INDEX IF NOT EXISTS unacked ON messages (acked) WHERE acked = 0 AND status != 'queued';
 CREATE TABLE IF NOT EXISTS rejections (
     reason TEXT PRIMARY KEY,
     count  INTEGER NOT NULL
@@ -87,19 +85,6 @@ class Job:
     nonce: int
     body: bytes
     attempts: int
-
-
-@dataclass(frozen=True)
-class Finished:
-    """A reading with a final status whose ack has not gone to the device yet."""
-
-    id: int
-    device: str
-    project: str
-    nonce: int
-    status: Status
-    task_id: str
-    reason: str
 
 
 class SqliteStore:
@@ -209,20 +194,6 @@ class SqliteStore:
             )
             if status == "rejected":
                 self._count(reason.split(":", 1)[0])
-
-    def unacked(self, limit: int = 1000) -> list[Finished]:
-        """Final readings whose ack has not been sent to their device yet."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, device, project, nonce, status, task_id, reason FROM messages "
-                "WHERE acked=0 AND status!='queued' ORDER BY id LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return [Finished(*r) for r in rows]
-
-    def mark_acked(self, ids: list[int]) -> None:
-        with self._tx() as db:
-            db.executemany("UPDATE messages SET acked=1 WHERE id=?", [(i,) for i in ids])
 
     def stats(self) -> dict[str, object]:
         """Counts by status, the queue depth, and rejections by reason."""
