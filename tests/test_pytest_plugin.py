@@ -8,6 +8,7 @@ plugin's real-hardware path drives a real serial port (a pty) it did not start.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,7 +186,7 @@ def test_xdist_workers_take_turns_on_one_port(
     result.assert_outcomes(passed=6)
     spans = sorted(records(log), key=lambda r: float(str(r["start"])))
     assert {r["worker"] for r in spans} == {"gw0", "gw1"}  # both really wanted the port
-    for before, after in zip(spans, spans[1:]):
+    for before, after in itertools.pairwise(spans):
         assert float(str(before["end"])) <= float(str(after["start"])), (before, after)
 
 
@@ -204,9 +205,7 @@ def test_port_lock_names_its_holder_and_refuses_a_second_fixture(tmp_path: Path)
     again.release()
 
 
-def test_port_lock_times_out_on_another_process(
-    pytester: pytest.Pytester, tmp_path: Path
-) -> None:
+def test_port_lock_times_out_on_another_process(pytester: pytest.Pytester, tmp_path: Path) -> None:
     pytester.makepyfile(
         f"""
         import os
