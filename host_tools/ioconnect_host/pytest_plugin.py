@@ -214,6 +214,14 @@ class Board:
         """The raw-REPL transport (``exec``, ``eval``); also what ``ioconnect_host.agent`` takes."""
         return self.session.transport
 
+    def exec(self, code: str | bytes, *, timeout_s: float = 10.0) -> bytes:
+        """Run ``code`` on the board; return what it printed.
+
+        With ``port`` this makes the board what ``ioconnect_host.agent``'s
+        functions take: ``agent.info(board)``.
+        """
+        return self.session.exec(code, timeout_s=timeout_s)
+
     def agent(self, op: str, **args: Any) -> Any:
         """Call agent operation ``op`` (e.g. ``"info"``, ``"sign"``); return its result.
 
