@@ -266,10 +266,38 @@ def test_deploy_hook_calls_ioconnect_deploy_with_the_session(pytester: pytest.Py
 
         def test_deployed_first(board):
             assert calls == [board.port]
+            assert board.deployed == {"copied": 0}
         """
     )
     run(pytester, "--ioc-deploy").assert_outcomes(passed=1)
     run(pytester).assert_outcomes(failed=1)  # no flag, no deploy
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("ioconnect_host.deploy") is None,
+    reason="ioconnect_host.deploy is not installed",
+)
+def test_deploy_skips_firmware_the_board_already_has(
+    pytester: pytest.Pytester, outer_board: VirtualBoard
+) -> None:
+    pytester.makepyfile(
+        """
+        import json, os
+
+        def test_deployed(board):
+            r = board.deployed
+            with open(os.environ["IOC_DEPLOY_LOG"], "a") as f:
+                f.write(json.dumps({"sent": r.files_sent, "skipped": r.files_skipped}) + "\\n")
+            assert board.agent("info")["firmware"] == "0.1.0"
+        """
+    )
+    log = pytester.path / "deploys.jsonl"
+    pytester.monkeypatch.setenv("IOC_DEPLOY_LOG", str(log))
+    for _ in range(2):
+        run(pytester, f"--ioc-port={outer_board.port}", "--ioc-deploy").assert_outcomes(passed=1)
+    first, second = records(log)
+    assert second["sent"] == []  # the same firmware: nothing copied the second time
+    assert sorted(second["skipped"]) == sorted(first["sent"] + first["skipped"])
 
 
 @pytest.mark.skipif(

@@ -171,6 +171,7 @@ class Board:
         board_name: board definition (None for a real board of unknown kind).
         virtual: True when the plugin started it (``power_cut`` works only then).
         state_dir: a virtual board's state folder (flash, ``console.log``).
+        deployed: what ``--ioc-deploy`` reported (``ioconnect_host.deploy``'s result), or None.
 
     The serial port is opened on first use and kept; :meth:`release` closes it so
     another tool (pytest-embedded's ``dut``, mpremote) can use the port, and the
@@ -193,6 +194,7 @@ class Board:
         self._vb = virtual
         self._log_path = log_path
         self._session: Session | None = None
+        self.deployed: Any = None
 
     @property
     def session(self) -> Session:
@@ -335,6 +337,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+@pytest.hookimpl(tryfirst=True)  # before any fixture starts a board
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("hardware") and not item.config.getoption("ioc_port"):
         pytest.skip("needs a real board: run with --ioc-port PORT")
@@ -452,7 +455,7 @@ def _board_opener(
         cleanup.callback(lock.release)
         cleanup.callback(board.close)  # callbacks run last-in first-out: close, then unlock
         if deploy:
-            deploy_firmware(board)
+            board.deployed = deploy_firmware(board)
         return board
 
     with cleanup:
