@@ -192,6 +192,8 @@ def op_sign(req):
         from ioconnect import cose
 
         kid = a.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise AgentError("bad_request", "argument 'kid' has the wrong type")
         token = cose.sign1(key, _payload(a), kid.encode() if isinstance(kid, str) else None)
         return {"token": binascii.hexlify(token).decode()}
     raise AgentError("bad_request", "unknown signing profile %r" % profile)
@@ -224,10 +226,12 @@ _OPS = {
 def handle(raw):
     rid = None
     try:
+        from ioconnect import jsonin  # not json.loads: see jsonin (surrogate pairs, UTF-8)
+
         try:
-            req = json.loads(raw)
-        except ValueError:
-            raise AgentError("bad_request", "request is not JSON")
+            req = jsonin.loads(raw)
+        except ValueError as e:
+            raise AgentError("bad_request", "request is not JSON: %s" % e)
         if not isinstance(req, dict):
             raise AgentError("bad_request", "request must be a JSON object")
         rid = req.get("id")

@@ -3,6 +3,8 @@
 import json
 import os
 
+from ioconnect import jsonin
+
 PATH = "config.json"
 
 # key: (kind, min, max) — length bounds for text, value bounds for ints (bool: 0, 1).
@@ -31,12 +33,14 @@ class ConfigError(ValueError):
 
 def load(path=PATH):
     try:
-        with open(path) as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError:
         return {}
-    except ValueError:
-        raise ConfigError("config file is corrupt: " + path)
+    try:
+        data = jsonin.loads(raw)  # strict UTF-8, surrogate pairs joined
+    except ValueError as e:
+        raise ConfigError("config file is corrupt: %s: %s" % (path, e))
     if not isinstance(data, dict):
         raise ConfigError("config file is corrupt: " + path)
     return data
