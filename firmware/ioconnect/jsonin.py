@@ -210,8 +210,9 @@ def join_pairs(s, pairs):
         # A high half; check() made sure a low half follows.
         cp = 0x10000 + ((u - 0xD800) << 10) + (_hex4(s, i + 8, n) - 0xDC00)
         k = i - r
-        out[w : w + k] = mv[r:i]
-        w += k
+        if k:  # a memoryview slice costs a heap object: none between adjacent pairs
+            out[w : w + k] = mv[r:i]
+            w += k
         out[w] = 0xF0 | (cp >> 18)
         out[w + 1] = 0x80 | ((cp >> 12) & 0x3F)
         out[w + 2] = 0x80 | ((cp >> 6) & 0x3F)
@@ -220,7 +221,8 @@ def join_pairs(s, pairs):
         r = i + 12
         pairs -= 1
         i = s.find(b"\\", r)
-    out[w:] = mv[r:]
+    if r < n:
+        out[w:] = mv[r:]
     return out
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "API_VERSION",
     "AgentError",
     "Curve",
+    "answer_result",
     "call",
     "config_get",
     "config_set",
@@ -57,7 +58,18 @@ class Board(Protocol):
 
 
 class AgentError(DeviceError):
-    """The agent answered with a typed error (``code``: e.g. ``no_identity``)."""
+    """The agent answered with a typed error (``code``: e.g. ``no_identity``),
+    or with an intact frame that is not a well-formed answer (``bad_answer``)."""
+
+
+# JSON names of the types an answer can hold, for one-line errors.
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return _JSON_TYPES.get(type(value), "a number")
 
 
 def parse_frame(output: bytes, rid: int | None = None) -> dict[str, Any]:
@@ -66,8 +78,13 @@ def parse_frame(output: bytes, rid: int | None = None) -> dict[str, Any]:
 
     Anything else the board printed (a firmware's debug print, even one that looks
     like a frame header, or another frame) is skipped.
+
+    Raises:
+        AgentError: ``bad_answer``, an intact frame is not a JSON object in UTF-8.
+        TransportError: no frame, or only damaged ones.
     """
     damaged = False
+    malformed = ""
     for m in _FRAME.finditer(output):
         length, crc = int(m.group(1)), int(m.group(2), 16)
         body = output[m.end() : m.end() + length]
@@ -75,12 +92,21 @@ def parse_frame(output: bytes, rid: int | None = None) -> dict[str, Any]:
             damaged = True
             continue
         try:
-            answer = json.loads(body)
-        except ValueError:
-            damaged = True
+            # Decoded here, strictly: json.loads(bytes) would guess UTF-16/32.
+            answer = json.loads(body.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            malformed = f"not UTF-8 at byte {exc.start}"
             continue
-        if isinstance(answer, dict) and (rid is None or answer.get("id") == rid):
+        except ValueError as exc:
+            malformed = f"not JSON ({exc})"
+            continue
+        if not isinstance(answer, dict):
+            malformed = f"{_json_type(answer)}, not an object"
+            continue
+        if rid is None or answer.get("id") == rid:
             return answer
+    if malformed:
+        raise AgentError("bad_answer", f"the agent's answer is {malformed}")
     if damaged:
         raise TransportError("the agent's answer was damaged in transit (length or CRC mismatch)")
     raise TransportError(f"no agent answer in the board's output: {output[-120:]!r}")
@@ -89,48 +115,77 @@ def parse_frame(output: bytes, rid: int | None = None) -> dict[str, Any]:
 def call(board: Board, op: str, *, timeout_s: float = 30.0, **args: Any) -> Any:
     """Run agent operation ``op`` with ``args``; return its result.
 
+    Text travels as JSON ``\\u`` escapes (ensure_ascii): the device joins surrogate
+    pairs and signs the UTF-8 of the text; a lone surrogate is refused there.
+
     Raises:
-        AgentError: the device refused (``code`` says why).
+        AgentError: the device refused (``code`` says why), or its answer is
+            malformed (``bad_answer``).
         TransportError: no (intact) answer.
     """
     rid = next(_ids)
     request = json.dumps({"v": API_VERSION, "id": rid, "op": op, **args}).encode()
     out = board.exec(CALL % repr(request).encode(), timeout_s=timeout_s)
-    answer = parse_frame(out, rid)
-    if not answer.get("ok"):
-        err = answer.get("error") or {}
-        raise AgentError(str(err.get("code", "error")), str(err.get("message", "")))
-    return answer["result"]
+    return answer_result(parse_frame(out, rid))
+
+
+def answer_result(answer: dict[str, Any]) -> Any:
+    """The ``result`` of an agent answer, or its error raised as AgentError.
+
+    Raises:
+        AgentError: the error the answer carries, or ``bad_answer`` when the
+            answer lacks a boolean ``ok``, a ``result``, or a string
+            ``code``/``message`` in ``error``.
+    """
+    ok = answer.get("ok")
+    if ok is True:
+        if "result" not in answer:
+            raise AgentError("bad_answer", "the agent's answer says ok but has no result")
+        return answer["result"]
+    if ok is not False:
+        got = _json_type(ok)
+        raise AgentError("bad_answer", f"the agent's answer has {got} for 'ok', not a boolean")
+    err = answer.get("error")
+    if not isinstance(err, dict):
+        got = _json_type(err)
+        raise AgentError("bad_answer", f"the agent's error answer has {got} for 'error'")
+    code, message = err.get("code"), err.get("message")
+    if not isinstance(code, str) or not code or not isinstance(message, str):
+        raise AgentError("bad_answer", "the agent's error answer lacks a code or message")
+    raise AgentError(code, message)
+
+
+def _object(board: Board, op: str, **args: Any) -> dict[str, Any]:
+    result = call(board, op, **args)
+    if not isinstance(result, dict):
+        got = _json_type(result)
+        raise AgentError("bad_answer", f"the agent answered {op!r} with {got}, not an object")
+    return result
 
 
 def info(board: Board) -> dict[str, Any]:
     """Firmware version, board, MicroPython version, free heap, uptime, identity state."""
-    result: dict[str, Any] = call(board, "info")
-    return result
+    return _object(board, "info")
 
 
 def identity_create(board: Board, curve: Curve = "secp256k1") -> dict[str, Any]:
     """Create the device's key (refused if one exists: see identity_rotate)."""
-    result: dict[str, Any] = call(board, "identity.create", curve=curve)
-    return result
+    return _object(board, "identity.create", curve=curve)
 
 
 def identity_show(board: Board) -> dict[str, Any]:
     """DID, did:key, address and public key of the device's identity."""
-    result: dict[str, Any] = call(board, "identity.show")
-    return result
+    return _object(board, "identity.show")
 
 
 def identity_rotate(board: Board, curve: Curve = "secp256k1") -> dict[str, Any]:
     """Replace the device's key with a new one (the old one is kept as a backup on the device)."""
-    result: dict[str, Any] = call(board, "identity.rotate", curve=curve)
-    return result
+    return _object(board, "identity.rotate", curve=curve)
 
 
 def diddoc(board: Board) -> dict[str, Any]:
     """The device's DID document."""
-    result: dict[str, Any] = call(board, "diddoc")
-    return result
+    return _object(board, "diddoc")
 
 
 Profile = Literal["w3bstream", "sprout", "ioid", "eip191", "cose"]
@@ -147,8 +202,7 @@ def sign(board: Board, profile: Profile, **args: Any) -> dict[str, Any]:
         eip191: -> {"signature"} (65 bytes hex, v 27/28)
         cose: kid -> {"token"} (COSE_Sign1, hex)
     """
-    result: dict[str, Any] = call(board, "sign", profile=profile, args=args)
-    return result
+    return _object(board, "sign", profile=profile, args=args)
 
 
 def config_get(board: Board, key: str | None = None) -> Any:
