@@ -223,15 +223,22 @@ _OPS = {
 }
 
 
+def _parse(raw):
+    # Not json.loads alone: jsonin joins escaped surrogate pairs (MicroPython
+    # keeps them apart: the device signed CESU-8) and refuses what is not
+    # RFC 8259 JSON in UTF-8, with the reason.
+    from ioconnect import jsonin
+
+    try:
+        return jsonin.loads(raw)
+    except ValueError as e:
+        raise AgentError("bad_request", "request is not JSON: %s" % e)
+
+
 def handle(raw):
     rid = None
     try:
-        from ioconnect import jsonin  # not json.loads: see jsonin (surrogate pairs, UTF-8)
-
-        try:
-            req = jsonin.loads(raw)
-        except ValueError as e:
-            raise AgentError("bad_request", "request is not JSON: %s" % e)
+        req = _parse(raw)
         if not isinstance(req, dict):
             raise AgentError("bad_request", "request must be a JSON object")
         rid = req.get("id")

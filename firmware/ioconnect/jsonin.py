@@ -226,17 +226,22 @@ def join_pairs(s, pairs):
     return out
 
 
-def loads(raw):
-    """Parse ``raw`` (bytes, bytearray or str) as RFC 8259 JSON; strings come
-    out as the code points the sender meant. Raises JSONInError with a reason."""
+def normalise(raw):
+    """``raw`` (bytes, bytearray or str), checked as RFC 8259 JSON in UTF-8,
+    with escaped surrogate pairs joined: text that json.loads reads as the
+    sender meant. Raises JSONInError with a reason."""
     if isinstance(raw, str):
         raw = raw.encode()
     elif not isinstance(raw, (bytes, bytearray)):
         raw = bytes(raw)
     pairs = check(raw)
-    if pairs:
-        raw = join_pairs(raw, pairs)
+    return join_pairs(raw, pairs) if pairs else raw
+
+
+def loads(raw):
+    """json.loads of normalise(raw). Raises JSONInError with a reason."""
+    text = normalise(raw)
     try:
-        return json.loads(raw)
+        return json.loads(text)
     except ValueError as e:  # should not happen after check(): still one reason
         raise JSONInError("JSON refused: %s" % e)
