@@ -517,6 +517,10 @@ def test_parse_frame_names_a_malformed_body(body: bytes, message: str) -> None:
 def test_parse_frame_prefers_a_good_frame_and_reports_damage() -> None:
     good = b'{"id": 3, "ok": true, "result": 1}'
     assert agent.parse_frame(frame(b"[1]") + frame(good), 3)["result"] == 1
+    # A request the device could not read is answered with id null.
+    unread = b'{"id": null, "ok": false, "error": {"code": "bad_request", "message": "m"}}'
+    assert agent.parse_frame(frame(unread) + frame(good), 3)["result"] == 1
+    assert agent.parse_frame(frame(unread), 3)["error"]["code"] == "bad_request"
     damaged = frame(good).replace(b"true", b"trUe")
     with pytest.raises(TransportError, match="damaged in transit"):
         agent.parse_frame(damaged, 3)

@@ -74,7 +74,8 @@ def _json_type(value: Any) -> str:
 
 def parse_frame(output: bytes, rid: int | None = None) -> dict[str, Any]:
     """The agent's answer inside ``output``: the first frame whose length and CRC
-    hold (and whose id is ``rid``, if given).
+    hold (and whose id is ``rid``, if given; else one with id null, the answer
+    to a request the device could not read).
 
     Anything else the board printed (a firmware's debug print, even one that looks
     like a frame header, or another frame) is skipped.
@@ -85,6 +86,7 @@ def parse_frame(output: bytes, rid: int | None = None) -> dict[str, Any]:
     """
     damaged = False
     malformed = ""
+    unread: dict[str, Any] | None = None
     for m in _FRAME.finditer(output):
         length, crc = int(m.group(1)), int(m.group(2), 16)
         body = output[m.end() : m.end() + length]
@@ -105,6 +107,10 @@ def parse_frame(output: bytes, rid: int | None = None) -> dict[str, Any]:
             continue
         if rid is None or answer.get("id") == rid:
             return answer
+        if answer.get("id") is None and unread is None:
+            unread = answer
+    if unread is not None:
+        return unread
     if malformed:
         raise AgentError("bad_answer", f"the agent's answer is {malformed}")
     if damaged:
