@@ -524,3 +524,64 @@ def test_parse_frame_prefers_a_good_frame_and_reports_damage() -> None:
     damaged = frame(good).replace(b"true", b"trUe")
     with pytest.raises(TransportError, match="damaged in transit"):
         agent.parse_frame(damaged, 3)
+
+
+# --- config.json, read by the device ------------------------------------------------
+
+_CONFIG = """
+import json
+from ioconnect import config
+try:
+    print(json.dumps({"ok": config.get()}))
+except config.ConfigError as e:
+    print(json.dumps({"err": str(e)}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("stored", "want"),
+    [
+        (
+            b'{"device.name": "\\ud83d\\ude00 caf\\u00e9"}',
+            {"ok": {"device.name": "\U0001f600 café"}},
+        ),
+        ('{"device.name": "\U0001f600 café"}'.encode(), {"ok": {"device.name": "\U0001f600 café"}}),
+        # What the old firmware wrote for an emoji: CESU-8, read as meant.
+        (b'{"device.name": "\xed\xa0\xbd\xed\xb8\x80!"}', {"ok": {"device.name": "\U0001f600!"}}),
+        # Half a pair is not a character, raw or escaped.
+        (
+            b'{"device.name": "\xed\xa0\xbd"}',
+            {"err": "config file is corrupt: config.json: invalid UTF-8 at byte 17"},
+        ),
+        (
+            b'{"device.name": "\\udc00"}',
+            {
+                "err": "config file is corrupt: config.json: lone surrogate \\udc00 "
+                "in string at byte 17: not a character"
+            },
+        ),
+    ],
+)
+def test_config_file_is_read_as_standard_json(
+    device: RunDevice, tmp_path: Path, stored: bytes, want: dict[str, Any]
+) -> None:
+    (tmp_path / "config.json").write_bytes(stored)
+    assert device(_CONFIG, fs_dir=tmp_path) == [want]
+
+
+_CONFIG_SET = """
+import json
+from ioconnect import config
+print(json.dumps({"ok": config.put("mqtt.port", 1883)}))
+"""
+
+
+def test_config_from_old_firmware_is_kept_and_rewritten_as_utf8(
+    device: RunDevice, tmp_path: Path
+) -> None:
+    old = b'{"device.name": "\xed\xa0\xbd\xed\xb8\x80", "wifi.ssid": "home"}'
+    (tmp_path / "config.json").write_bytes(old)
+    assert device(_CONFIG_SET, fs_dir=tmp_path) == [{"ok": 1883}]
+    stored = json.loads((tmp_path / "config.json").read_bytes().decode("utf-8"))
+    assert stored == {"device.name": "\U0001f600", "wifi.ssid": "home", "mqtt.port": 1883}
+    assert not (tmp_path / "config.json.bad").exists()

@@ -38,7 +38,9 @@ def load(path=PATH):
     except OSError:
         return {}
     try:
-        data = jsonin.loads(raw)  # strict UTF-8, surrogate pairs joined
+        # Strict UTF-8, surrogate pairs joined; also as CESU-8, which earlier
+        # firmware wrote for text outside the BMP (kept, not lost as corrupt).
+        data = jsonin.loads(raw, True)
     except ValueError as e:
         raise ConfigError("config file is corrupt: %s: %s" % (path, e))
     if not isinstance(data, dict):

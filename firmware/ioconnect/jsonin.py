@@ -99,8 +99,21 @@ def _escape(s, i, n):
     raise JSONInError("lone surrogate \\u%04x in string at byte %d: not a character" % (u, i))
 
 
-def _string(s, i, n):
-    # s[i] is the opening quote: (index after the closing quote, escaped pairs).
+def _cesu(s, i, n):
+    # A surrogate pair written as two 3-byte sequences (CESU-8) at s[i]?
+    return (
+        i + 5 < n
+        and s[i] == 0xED
+        and 0xA0 <= s[i + 1] <= 0xAF
+        and s[i + 2] & 0xC0 == 0x80
+        and s[i + 3] == 0xED
+        and 0xB0 <= s[i + 4] <= 0xBF
+        and s[i + 5] & 0xC0 == 0x80
+    )
+
+
+def _string(s, i, n, cesu):
+    # s[i] is the opening quote: (index after the closing quote, pairs to join).
     pairs = 0
     i += 1
     while i < n:
@@ -118,17 +131,22 @@ def _string(s, i, n):
             i += 1
         else:
             m = seq_len(s, i, n)
-            if not m:
+            if m:
+                i += m
+            elif cesu and _cesu(s, i, n):
+                i += 6
+                pairs += 1
+            else:
                 raise JSONInError("invalid UTF-8 at byte %d" % i)
-            i += m
     raise JSONInError("unterminated string")
 
 
-def check(s):
-    """Check that ``s`` (bytes) is one RFC 8259 JSON text in strict UTF-8.
+def check(s, cesu=False):
+    """Check that ``s`` (bytes) is one RFC 8259 JSON text in strict UTF-8
+    (with ``cesu``, surrogate pairs written as CESU-8 pass too).
 
-    Returns how many escaped surrogate pairs it holds; raises JSONInError
-    with the reason and byte offset otherwise.
+    Returns how many surrogate pairs it holds; raises JSONInError with the
+    reason and byte offset otherwise.
     """
     n = len(s)
     stack = bytearray(MAX_DEPTH)
@@ -143,7 +161,7 @@ def check(s):
         if key and c != 0x22:
             raise JSONInError("expected a string key at byte %d" % i)
         if c == 0x22:
-            i, p = _string(s, i, n)
+            i, p = _string(s, i, n, cesu)
             pairs += p
             if key:
                 i = _ws(s, i, n)
@@ -191,24 +209,44 @@ def check(s):
             i += 1
 
 
-def join_pairs(s, pairs):
-    """``s`` (checked) with its ``pairs`` escaped surrogate pairs written as
-    UTF-8, in a new bytearray (each 12-byte escape becomes 4 bytes)."""
+def _next(s, i, cesu):
+    # The next place a pair may start: a backslash, or with cesu an 0xED byte.
+    a = s.find(b"\\", i)
+    if not cesu:
+        return a
+    b = s.find(b"\xed", i)
+    return b if a < 0 or 0 <= b < a else a
+
+
+def join_pairs(s, pairs, cesu=False):
+    """``s`` (checked) with its ``pairs`` surrogate pairs written as UTF-8, in
+    a new bytearray (a 12-byte escape, or 6 CESU-8 bytes, become 4 bytes)."""
     n = len(s)
     mv = memoryview(s)
-    out = bytearray(n - 8 * pairs)
+    # Each escape shrinks by 8 bytes; CESU-8 pairs (config files, small) by 2,
+    # mixed with escapes in unknown numbers: cut to size at the end.
+    out = bytearray(n if cesu else n - 8 * pairs)
     w = r = 0
-    i = s.find(b"\\")
+    i = _next(s, 0, cesu)
     while pairs:
-        if s[i + 1] != 0x75:
-            i = s.find(b"\\", i + 2)
+        if s[i] == 0xED:
+            if s[i + 1] < 0xA0:  # U+D000..U+D7FF: an ordinary character
+                i = _next(s, i + 3, cesu)
+                continue
+            hi = 0xD000 | ((s[i + 1] & 0x3F) << 6) | (s[i + 2] & 0x3F)
+            lo = 0xD000 | ((s[i + 4] & 0x3F) << 6) | (s[i + 5] & 0x3F)
+            size = 6
+        elif s[i + 1] != 0x75:  # \" \\ \/ ...
+            i = _next(s, i + 2, cesu)
             continue
-        u = _hex4(s, i + 2, n)
-        if u < 0xD800 or u > 0xDBFF:
-            i = s.find(b"\\", i + 6)
-            continue
-        # A high half; check() made sure a low half follows.
-        cp = 0x10000 + ((u - 0xD800) << 10) + (_hex4(s, i + 8, n) - 0xDC00)
+        else:
+            hi = _hex4(s, i + 2, n)
+            if hi < 0xD800 or hi > 0xDBFF:
+                i = _next(s, i + 6, cesu)
+                continue
+            lo = _hex4(s, i + 8, n)  # check() made sure a low half follows
+            size = 12
+        cp = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
         k = i - r
         if k:  # a memoryview slice costs a heap object: none between adjacent pairs
             out[w : w + k] = mv[r:i]
@@ -218,29 +256,34 @@ def join_pairs(s, pairs):
         out[w + 2] = 0x80 | ((cp >> 6) & 0x3F)
         out[w + 3] = 0x80 | (cp & 0x3F)
         w += 4
-        r = i + 12
+        r = i + size
         pairs -= 1
-        i = s.find(b"\\", r)
-    if r < n:
-        out[w:] = mv[r:]
+        i = _next(s, r, cesu)
+    k = n - r
+    if k:
+        out[w : w + k] = mv[r:]
+        w += k
+    if w < len(out):
+        out[w:] = b""  # in place: no second buffer
     return out
 
 
-def normalise(raw):
+def normalise(raw, cesu=False):
     """``raw`` (bytes, bytearray or str), checked as RFC 8259 JSON in UTF-8,
     with escaped surrogate pairs joined: text that json.loads reads as the
-    sender meant. Raises JSONInError with a reason."""
+    sender meant. ``cesu`` also takes and joins pairs written as CESU-8 (what
+    earlier firmware stored in config.json). Raises JSONInError with a reason."""
     if isinstance(raw, str):
         raw = raw.encode()
     elif not isinstance(raw, (bytes, bytearray)):
         raw = bytes(raw)
-    pairs = check(raw)
-    return join_pairs(raw, pairs) if pairs else raw
+    pairs = check(raw, cesu)
+    return join_pairs(raw, pairs, cesu) if pairs else raw
 
 
-def loads(raw):
-    """json.loads of normalise(raw). Raises JSONInError with a reason."""
-    text = normalise(raw)
+def loads(raw, cesu=False):
+    """json.loads of normalise(raw, cesu). Raises JSONInError with a reason."""
+    text = normalise(raw, cesu)
     try:
         return json.loads(text)
     except ValueError as e:  # should not happen after check(): still one reason
