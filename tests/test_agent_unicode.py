@@ -207,6 +207,40 @@ def test_w3bstream_payload_version_and_signed_keys_match_go(
     assert b"\xf0\x9f\x98\x80" in signed and b"\xed\xa0\xbd" not in signed
 
 
+def test_sprout_data_and_version_match_go(board: SerialTransport, address: str) -> None:
+    binary, _ = go_reference()
+    cases = [(e, text, "v\u00e9-" + text[:3]) for text in TEXTS for e in ENCODINGS]
+    bodies = []
+    for ensure_ascii, text, version in cases:
+        args = {"project_id": 9, "project_version": version, "payload": text}
+        out = raw_call(board, "sign", ensure_ascii, profile="sprout", args=args)
+        bodies.append(out["request"].encode("utf-8"))
+    # Go's json.Marshal of each text (its UTF-8), and what the sprout server
+    # re-marshals from the device's request: the same bytes.
+    texts = sorted({t for _, t, v in cases} | {v for _, _, v in cases})
+    go_str = dict(
+        zip(
+            texts,
+            run_go(binary, [{"op": "str", "hex": t.encode().hex()} for t in texts]),
+            strict=True,
+        )
+    )
+    server = run_go(binary, [{"op": "server_sprout", "hex": b.hex()} for b in bodies])
+    for (ensure_ascii, text, version), got in zip(cases, server, strict=True):
+        want = (
+            b'{"projectID":9,"projectVersion":'
+            + bytes.fromhex(go_str[version]["ok"])
+            + b',"data":'
+            + bytes.fromhex(go_str[text]["ok"])
+            + b"}"
+        )
+        signed = bytes.fromhex(got["ok"]["signed"])
+        assert signed == want, (ensure_ascii, text)
+        sig = bytes.fromhex(got["ok"]["sig"][2:])
+        pub = coincurve.PublicKey.from_signature_and_message(sig, k256(signed), hasher=None)
+        assert "0x" + k256(pub.format(False)[1:])[-20:].hex() == address
+
+
 # --- COSE --------------------------------------------------------------------------
 
 
