@@ -619,3 +619,33 @@ def test_config_from_old_firmware_is_kept_and_rewritten_as_utf8(
     stored = json.loads((tmp_path / "config.json").read_bytes().decode("utf-8"))
     assert stored == {"device.name": "\U0001f600", "wifi.ssid": "home", "mqtt.port": 1883}
     assert not (tmp_path / "config.json.bad").exists()
+
+
+# --- acks from the relay, read by the device's delivery loop ------------------------
+
+_ACKS = """
+import json
+from binascii import unhexlify
+from ioconnect.deliver import Delivery
+from ioconnect.outbox import Outbox
+ob = Outbox("ob", 8)
+for n in (1, 2, 3):
+    ob.put(n, b'{"n":%d}' % n)
+d = Delivery(ob, client_id="t", host="127.0.0.1", port=1, tasks_topic="t", acks_topic="a")
+for h in json.load(open("cases.json")):
+    d._acks.append(unhexlify(h))
+d._apply_acks()
+print(json.dumps({"reasons": d.stats["rejected_reasons"], "bad": d.stats["bad_acks"]}))
+"""
+
+
+def test_ack_reasons_outside_ascii_are_read_as_sent(device: RunDevice) -> None:
+    reason = "r\u00e9f\u00e9r\u00e9 \U0001f600"
+    acks = [
+        json.dumps({"nonce": 1, "status": "rejected", "reason": reason}),  # escaped pair
+        json.dumps({"nonce": 2, "status": "rejected", "reason": reason}, ensure_ascii=False),
+        '{"nonce": 3, "status": "rejected", "reason": "\\ud800"}',  # lone surrogate
+    ]
+    # As hex: cases.json itself is read by MicroPython's json.load.
+    got = device(_ACKS, [a.encode().hex() for a in acks])
+    assert got == [{"reasons": {reason: 2}, "bad": 1}]

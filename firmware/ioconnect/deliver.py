@@ -14,11 +14,11 @@
 # After a reconnect the unacknowledged readings are published again (the relay
 # is idempotent on (device, nonce)); also after resend_s with no progress.
 import gc
-import json
 import time
 
 from micropython import const
 
+from ioconnect import jsonin
 from ioconnect.mqtt import MQTTClient, MQTTError
 from ioconnect.net import Backoff
 from ioconnect.outbox import OutboxError
@@ -275,7 +275,7 @@ class Delivery:
         while self._acks:
             msg = self._acks.pop(0)
             try:
-                a = json.loads(msg)
+                a = jsonin.loads(msg)  # standard JSON from outside, as the agent reads it
                 nonce = a["nonce"]
                 status = a["status"]
             except (ValueError, KeyError, TypeError):
