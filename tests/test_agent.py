@@ -28,7 +28,7 @@ from ioconnect_host import agent
 from ioconnect_host.agent import AgentError
 from ioconnect_host.boards import load_board
 from ioconnect_host.pytest_plugin import Board
-from test_profiles import permit_typed
+from vectors import permit_typed
 
 
 def k256(data: bytes) -> bytes:

@@ -9,6 +9,7 @@ import pytest
 from go.goref import go_reference, run_go
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from vectors import JSON_TEXT
 
 # Device side: one hex input per line of cases.txt; per case print strict
 # (go_marshal_raw), non-strict (Go-compatible validity) and string results.
@@ -76,44 +77,6 @@ def check_against_go(device, tmp_path: Path, inputs: list[bytes]) -> None:
         # Go <= 1.21 (\u0008, \u000c), so compare those only on an older Go.
         if version < (1, 22) or not (b"\x08" in b or b"\x0c" in b):
             assert d["str"] == gs, ctx
-
-
-# --- hypothesis JSON text with whitespace, escapes and odd number spellings ---
-
-WS = st.text(alphabet=" \t\r\n", max_size=2)
-NUMBER = st.from_regex(
-    r"-?(0|[1-9][0-9]{0,19})(\.[0-9]{1,4})?([eE][+-]?[0-9]{1,3})?", fullmatch=True
-)
-RAW_CHAR = st.characters(
-    blacklist_categories=("Cs",), blacklist_characters='"\\' + "".join(map(chr, range(32)))
-) | st.sampled_from(["<", ">", "&", "\u2028", "\u2029", "é", "€", "😀", "\x7f", "\ufffd"])
-ESCAPE = st.sampled_from(['\\"', "\\\\", "\\/", "\\b", "\\f", "\\n", "\\r", "\\t"]) | st.builds(
-    lambda cp, upper: "\\u" + (f"{cp:04X}" if upper else f"{cp:04x}"),
-    st.integers(0, 0xFFFF),
-    st.booleans(),
-)
-STRING = st.lists(RAW_CHAR | ESCAPE, max_size=8).map(lambda parts: '"' + "".join(parts) + '"')
-LEAF = NUMBER | STRING | st.sampled_from(["true", "false", "null"])
-
-
-def _array(children):
-    return st.tuples(st.lists(st.tuples(WS, children, WS), max_size=4), WS).map(
-        lambda t: "[" + (",".join(a + v + b for a, v, b in t[0]) or t[1]) + "]"
-    )
-
-
-def _object(children):
-    member = st.tuples(WS, STRING, WS, WS, children, WS)
-    return st.tuples(st.lists(member, max_size=4), WS).map(
-        lambda t: (
-            "{" + (",".join(a + k + b + ":" + c + v + d for a, k, b, c, v, d in t[0]) or t[1]) + "}"
-        )
-    )
-
-
-JSON_TEXT = st.tuples(
-    WS, st.recursive(LEAF, lambda ch: _array(ch) | _object(ch), max_leaves=12), WS
-).map(lambda t: (t[0] + t[1] + t[2]).encode())
 
 
 def mutate(b: bytes, rnd: random.Random) -> bytes:

@@ -16,15 +16,11 @@ from eth_account.messages import _hash_eip191_message, encode_defunct, encode_ty
 from go.goref import go_reference, run_go
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from test_gojson import JSON_TEXT
+from vectors import JSON_TEXT, REGISTRY, permit_typed
 
 # PROTOCOLS.md secp256k1 account
 PRIV = "449e725560cd54b853e0825662b8d5c8fcb4e0516fe5a0a1509df4c4b9484d87"
 ADDRESS = "0xb7009dd6858c73df7ce1a9edc47fbd5688b82f22"
-REGISTRY = {
-    4689: "0x04e4655Cf258EC802D17c23ec6112Ef7d97Fa2aF",
-    4690: "0x0A7e595C7889dF3652A19aF52C18377bF17e027D",
-}
 
 # A Key-shaped signer over ioconnect.ecdsa with a fixed private key; `run`
 # maps a case (JSON line) to a JSON-able result, errors included.
@@ -319,28 +315,6 @@ def run(c):
     return {"digest": hx(digest), "sig": hx(sig)}
 each(run)
 """
-
-
-def permit_typed(owner: str, nonce: int, chain: int) -> dict:
-    return {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "Permit": [{"name": "owner", "type": "address"}, {"name": "nonce", "type": "uint256"}],
-        },
-        "primaryType": "Permit",
-        "domain": {
-            "name": "ioIDRegistry",
-            "version": "1",
-            "chainId": chain,
-            "verifyingContract": REGISTRY[chain],
-        },
-        "message": {"owner": owner, "nonce": nonce},
-    }
 
 
 def test_ioid_permit_recovers_with_eth_account(device, tmp_path):

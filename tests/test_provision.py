@@ -25,7 +25,7 @@ from ioconnect_host.session import open_session
 from ioconnect_host.transport import DeviceExecError, SerialTransport
 from ioconnect_sim.launch import start_board
 from ioconnect_sim.supervisor import VirtualBoard, write_faults
-from test_profiles import permit_typed
+from vectors import permit_typed
 
 OWNER = "0x000000000000000000000000000000000000dEaD"
 

@@ -25,14 +25,30 @@ from ioconnect_sim.supervisor import VirtualBoard
 BOARDS = list_boards()
 
 
-@pytest.fixture(scope="module", params=BOARDS)
+@pytest.fixture(scope="module")
+def started_boards() -> Iterator[dict[str, VirtualBoard]]:
+    """One board of each type for the whole module, started on first use.
+
+    Kept side by side (not one module-scoped board per param) so tests can run
+    in any order without a board being stopped and started between them.
+    """
+    boards: dict[str, VirtualBoard] = {}
+    yield boards
+    for vb in boards.values():
+        vb.stop()
+
+
+@pytest.fixture(params=BOARDS)
 def board(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[VirtualBoard]:
-    state = tmp_path_factory.mktemp(f"sim-{request.param}")
-    vb = start_board(request.param, name=f"test-{request.param}", state_dir=state, seed=7)
-    yield vb
-    vb.stop()
+    request: pytest.FixtureRequest,
+    started_boards: dict[str, VirtualBoard],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> VirtualBoard:
+    name: str = request.param
+    if name not in started_boards:
+        state = tmp_path_factory.mktemp(f"sim-{name}")
+        started_boards[name] = start_board(name, name=f"test-{name}", state_dir=state, seed=7)
+    return started_boards[name]
 
 
 class Console:
@@ -58,6 +74,16 @@ class Console:
         # Interrupt whatever runs, leave raw mode: Ctrl-B ends with a fresh banner.
         self.send(b"\r\x03\x03\x02")
         self.expect(b'Type "help()" for more information.\r\n>>> ')
+        # A Ctrl-C reaches the VM as a signal, so the prompt it prints (when the
+        # board already sat at the friendly prompt) may come after the banner.
+        self.quiet()
+
+    def quiet(self, gap_s: float = 0.2) -> None:
+        """Read and drop output until the board has said nothing for ``gap_s``."""
+        last = time.monotonic()
+        while time.monotonic() - last < gap_s:
+            if self.s.read(4096):
+                last = time.monotonic()
         self.buf = b""
 
     def close(self) -> None:
@@ -216,6 +242,8 @@ def test_mpremote_repl(board: VirtualBoard) -> None:
 
 def test_identity_survives_power_cut_and_restart(board: VirtualBoard) -> None:
     with SerialTransport(board.port) as t:
+        # A fresh heap, as on a board just booted (other tests fill and fragment it).
+        t.enter_raw_repl(soft_reset=True)
         state = agent.info(t)["identity"]
         if state["state"] == "none":
             agent.identity_create(t, "secp256k1")

@@ -34,6 +34,8 @@ from mpremote.transport import TransportExecError
 from mpremote.transport_serial import SerialTransport
 
 BOARDS = list_boards()
+# Chosen at collection, so a board without Wi-Fi never starts the servers these tests need.
+WIFI_BOARDS = [b for b in BOARDS if load_board(b).network == "wifi"]
 EIO, ENODEV = 5, 19
 # machine.reset_cause() values of the esp32 and rp2 ports.
 PWRON, HARD, WDT, DEEPSLEEP, SOFT = 1, 2, 3, 4, 5
@@ -63,6 +65,7 @@ class Sim:
         seen = self.t.read_until(1, b">>> ", timeout=10)
         assert seen.endswith(b">>> "), f"no REPL prompt; got {seen[-300:]!r}"
         self.t.enter_raw_repl(soft_reset=False)
+        self.banner = seen
         return seen
 
     def run(self, code: str) -> list[Any]:
@@ -101,11 +104,38 @@ class Sim:
         self.vb.stop()
 
 
-@pytest.fixture(scope="module", params=BOARDS)
-def sim(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
-    board = Sim(request.param, tmp_path_factory.mktemp(request.param))
-    yield board
-    board.close()
+@pytest.fixture(scope="module")
+def started_sims() -> Iterator[dict[str, Sim]]:
+    """One board of each type for the whole module, started on first use.
+
+    Kept side by side (not one module-scoped board per param) so tests can run
+    in any order without a board being stopped and started between them.
+    """
+    sims: dict[str, Sim] = {}
+    yield sims
+    for board in sims.values():
+        board.close()
+
+
+@pytest.fixture(params=BOARDS)
+def sim(
+    request: pytest.FixtureRequest,
+    started_sims: dict[str, Sim],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Sim:
+    """The board of the test's param (override with ``indirect`` to choose boards)."""
+    name: str = request.param
+    if name not in started_sims:
+        started_sims[name] = Sim(name, tmp_path_factory.mktemp(name))
+    return started_sims[name]
+
+
+@pytest.fixture
+def booted(sim: Sim) -> Sim:
+    """The test's board just after a power cut: a power-on boot, a fresh heap, Wi-Fi not
+    joined, whatever tests ran on it before."""
+    sim.reboot(None)
+    return sim
 
 
 def direct_vm(sim: Sim, name: str, seed: int, code: str) -> list[Any]:
@@ -127,7 +157,8 @@ def direct_vm(sim: Sim, name: str, seed: int, code: str) -> list[Any]:
 # -- identity and modules ---------------------------------------------------------
 
 
-def test_banner_and_modules(sim: Sim) -> None:
+def test_banner_and_modules(booted: Sim) -> None:
+    sim = booted
     b = sim.board
     assert f"; {b.board_name} with {b.mcu_name}\r\n".encode() in sim.banner
     got = sim.run(
@@ -381,9 +412,9 @@ def echo_server() -> Iterator[int]:
     srv.close()
 
 
-def test_sockets_follow_the_wifi_link(sim: Sim, echo_server: int) -> None:
-    if sim.board.network == "none":
-        pytest.skip("no Wi-Fi on this board")
+@pytest.mark.parametrize("sim", WIFI_BOARDS, indirect=True)
+def test_sockets_follow_the_wifi_link(booted: Sim, echo_server: int) -> None:
+    sim = booted
     # Before the station joins, nothing is reachable, as on a board.
     err = sim.error(f"import socket\nsocket.getaddrinfo('127.0.0.1', {echo_server})")
     assert "113" in err or "EHOSTUNREACH" in err
@@ -451,10 +482,9 @@ def tls_echo_server(tmp_path: Path) -> Iterator[int]:
     srv.close()
 
 
+@pytest.mark.parametrize("sim", WIFI_BOARDS, indirect=True)
 def test_tls_over_the_virtual_wifi(sim: Sim, tls_echo_server: int) -> None:
     # The Wi-Fi socket is a stream: the port's tls module wraps it as a real one.
-    if sim.board.network == "none":
-        pytest.skip("no Wi-Fi on this board")
     code = (
         "import network, socket, tls, time\n"
         "w = network.WLAN(network.STA_IF)\nw.active(True)\nw.connect('ioconnect-sim', '')\n"
@@ -533,7 +563,8 @@ def test_deepsleep_sleeps(sim: Sim) -> None:
 # -- heap, pins, clock ------------------------------------------------------------
 
 
-def test_heap_budget(sim: Sim) -> None:
+def test_heap_budget(booted: Sim) -> None:
+    sim = booted
     # The firmware gets the board's budget: the supervisor adds what the console
     # and shims hold (C code in flash on a board), and not much more.
     heap = sim.board.heap_bytes

@@ -10,18 +10,21 @@ its traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
 from .cli_board import add_board_commands
 from .cli_demo import add_demo_command
 from .cli_relay import add_relay_commands
 from .cli_sim import add_sim_commands
-from .errors import IoconnectError
+from .errors import IoconnectError, UsageError
 from .identity import CURVES, DEFAULT_DIR, Identity, new_identity, show_identity
 
 __all__ = ["build_parser", "main"]
@@ -104,16 +107,51 @@ def _add_identity(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _help_of(parser: argparse.ArgumentParser) -> Handler:
-    def show_help(args: argparse.Namespace) -> int:
-        parser.print_help(sys.stderr)
-        return 2
+    """The handler of a command given without its subcommand: a usage error naming them."""
 
-    return show_help
+    def missing_command(args: argparse.Namespace) -> int:
+        names = [
+            name
+            for action in parser._actions
+            if isinstance(action, argparse._SubParsersAction)
+            for name in action.choices
+        ]
+        command = parser.prog.removeprefix("ioconnect").strip()
+        raise UsageError(
+            f"{command + ': ' if command else ''}give a command: {', '.join(names)}",
+            hint=f"see `{parser.prog} --help`",
+        )
+
+    return missing_command
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the fix (``main`` prints it).
+
+    argparse prints the usage block and exits; users of ``--json`` and scripts
+    get one ``ioconnect: error: …`` line on stderr like every other fault.
+    Subcommand parsers inherit this class (``add_subparsers`` uses ``type(self)``).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("ioconnect").strip()
+        where = f"{command}: " if command else ""
+        hint = f"see `{self.prog} --help`"
+        typo = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if typo:
+            choices = re.findall(r"'([^']*)'", typo[2])
+            close = difflib.get_close_matches(typo[1], choices, n=1)
+            if close:
+                hint = f"did you mean {close[0]!r}?"
+        if message.endswith("expected one argument"):
+            # argparse reads a value such as -5K as an option.
+            hint = "a value starting with '-' is written --option=VALUE; " + hint
+        raise UsageError(where + message, hint=hint)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``ioconnect`` command."""
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="ioconnect",
         description="Put devices on IoTeX: device identity, provisioning and signed data.",
     )
@@ -145,8 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, usage errors
+    except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 2
+    except UsageError as err:
+        print(f"ioconnect: error: {err}", file=sys.stderr)
+        return err.exit_code
     handler: Handler = args.handler
     try:
         return handler(args)
@@ -154,6 +195,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Output piped into e.g. `head`: stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # The filesystem refused a path (permissions, a file where a folder
+        # belongs, a full disk): the user's to fix, not a bug of ours.
+        print(f"ioconnect: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
     except IoconnectError as err:
         # One line: the hint of a VM failure is a traceback, keep only its message.

@@ -4,17 +4,89 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .boards import list_boards
+from .boards import Board, list_boards, load_board
+from .errors import IoconnectError, UsageError
+
+if TYPE_CHECKING:
+    from ioconnect_sim.launch import RunningBoard
+
+# Names become file names (registry record, default state folder) and the
+# device's name: one path component of plain characters.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_SEED_MAX = 2**32 - 1
+# Permission checks as the kernel will make them (a setuid or seteuid process).
+_EFFECTIVE = os.access in os.supports_effective_ids
+
+
+def _device_name(text: str) -> str:
+    if not _NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a device name: use 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return text
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= _SEED_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a seed: give a whole number from 0 to {_SEED_MAX}"
+        )
+    return value
+
+
+def _heap(text: str) -> str:
+    from ioconnect_sim.supervisor import parse_heap
+
+    try:
+        parse_heap(text)
+    except IoconnectError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text.strip().upper()
+
+
+def _state_folder(state: Path, name: str, running: list[RunningBoard]) -> None:
+    """Refuse a --state folder that cannot hold a board's flash, or that a board uses."""
+    fix = "give --state a folder you can write, or leave it out"
+    try:
+        if state.exists() and not state.is_dir():
+            raise UsageError(f"--state {state} is not a directory", hint=fix)
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)  # flash holds the key
+    except OSError as exc:
+        raise UsageError(f"cannot create --state {state}: {exc.strerror}", hint=fix) from exc
+    if not os.access(state, os.R_OK | os.W_OK | os.X_OK, effective_ids=_EFFECTIVE):
+        raise UsageError(f"cannot write in --state {state}: permission denied", hint=fix)
+    for rec in running:
+        # A board of the same name: the library's "already running" says more.
+        if rec.name != name and Path(rec.state_dir).resolve() == state.resolve():
+            raise UsageError(
+                f"--state {state} is in use by virtual board {rec.name!r}",
+                hint=f"stop it first (`ioconnect sim stop {rec.name}`) or use another folder",
+            )
 
 
 def _start(args: argparse.Namespace) -> int:
-    from ioconnect_sim.launch import run_foreground, start_board, start_detached
+    from ioconnect_sim.launch import (
+        default_state_dir,
+        list_running,
+        run_foreground,
+        start_board,
+        start_detached,
+    )
 
     name = args.name or f"{args.board}-1"
+    _state_folder(args.state or default_state_dir(name), name, list_running())
     if args.detach:
         rec = start_detached(
             args.board, name=name, state_dir=args.state, seed=args.seed, heap=args.heap
@@ -57,7 +129,10 @@ def _stop(args: argparse.Namespace) -> int:
     from ioconnect_sim.launch import stop_running
 
     rec = stop_running(args.name)
-    print(f"stopped {rec.name}")
+    if args.json:
+        print(json.dumps({"stopped": asdict(rec)}))
+    else:
+        print(f"stopped {rec.name}")
     return 0
 
 
@@ -65,25 +140,59 @@ def _fault(args: argparse.Namespace) -> int:
     from ioconnect_sim.launch import find_running, power_cut_running
     from ioconnect_sim.supervisor import write_faults
 
+    if not (args.power_cut or args.wifi or args.flash or args.sensor):
+        raise UsageError(
+            "sim fault: give a fault: --power-cut, --wifi, --sensor or --flash",
+            hint="see `ioconnect sim fault --help`",
+        )
     rec = find_running(args.name)
+    spec = load_board(rec.board)
     changes: dict[str, object] = {}
     if args.wifi:
+        if spec.network != "wifi":
+            raise UsageError(f"--wifi: {rec.name} ({rec.board}) has no Wi-Fi")
         changes["wifi"] = args.wifi
     if args.flash:
         changes["flash"] = None if args.flash == "ok" else args.flash
     if args.sensor:
-        sensors = {}
-        for item in args.sensor:
-            sensor, _, state = item.partition("=")
-            sensors[sensor] = state or "fail"
-        changes["sensors"] = sensors
+        # write_faults replaces the sensors table: keep the faults set before.
+        earlier = write_faults(Path(rec.state_dir), {}).get("sensors")
+        sensors = _sensor_faults(args.sensor, spec, f"{rec.name} ({rec.board})")
+        changes["sensors"] = {**earlier, **sensors} if isinstance(earlier, dict) else sensors
     if changes:
-        write_faults(Path(rec.state_dir), changes)
+        new_state = write_faults(Path(rec.state_dir), changes)
     if args.power_cut:
         power_cut_running(args.name)  # through the board's state folder, not a signal
+    if args.json:
+        faults = new_state if changes else None
+        print(json.dumps({"name": rec.name, "faults": faults, "power_cut": args.power_cut}))
+        return 0
     done = [f"{k}={v}" for k, v in changes.items()] + (["power cut"] if args.power_cut else [])
-    print(f"{rec.name}: " + (", ".join(done) or "no change"))
+    print(f"{rec.name}: " + ", ".join(done))
     return 0
+
+
+def _sensor_faults(items: list[str], spec: Board, board: str) -> dict[str, str]:
+    """``NAME``, ``NAME=fail`` or ``NAME=ok`` for sensors the board has.
+
+    ``board`` is how errors name the running board, e.g. ``"dev1 (esp32)"``.
+    """
+    names = [s.name for s in spec.sensors] + [d.name for d in spec.i2c]
+    sensors = {}
+    for item in items:
+        sensor, eq, state = item.partition("=")
+        if sensor not in names:
+            raise UsageError(
+                f"--sensor {item}: {board} has no sensor {sensor!r}",
+                hint="its sensors: " + ", ".join(names),
+            )
+        if eq and state not in ("fail", "ok"):
+            raise UsageError(
+                f"--sensor {item}: {state!r} is not a sensor state",
+                hint=f"give {sensor}=fail or {sensor}=ok",
+            )
+        sensors[sensor] = state if eq else "fail"
+    return sensors
 
 
 def add_sim_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -93,8 +202,9 @@ def add_sim_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
 
     def usage(args: argparse.Namespace) -> int:
-        sim.print_help(sys.stderr)
-        return 2
+        raise UsageError(
+            "sim: give a command: start, list, stop, fault", hint="see `ioconnect sim --help`"
+        )
 
     sim.set_defaults(handler=usage)
     cmds = sim.add_subparsers(title="sim commands", metavar="COMMAND")
@@ -108,13 +218,19 @@ def add_sim_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     start.add_argument("--board", required=True, choices=list_boards(), help="board definition")
     start.add_argument(
-        "--name", help="device name (default: <board>-1); one running board per name"
+        "--name",
+        type=_device_name,
+        help="device name (default: <board>-1); one running board per name",
     )
     start.add_argument(
         "--state", type=Path, help="flash/state folder (default: ~/.ioconnect/sims/NAME)"
     )
-    start.add_argument("--seed", type=int, default=0, help="seed of sensor signals and unique id")
-    start.add_argument("--heap", help="heap override, e.g. 200K (default: the board's budget)")
+    start.add_argument(
+        "--seed", type=_seed, default=0, help="seed of sensor signals and unique id (0-2**32-1)"
+    )
+    start.add_argument(
+        "--heap", type=_heap, help="heap override, e.g. 200K (default: the board's budget)"
+    )
     start.add_argument("--detach", action="store_true", help="run in the background")
     start.add_argument("--json", action="store_true", help="print one JSON object")
     start.set_defaults(handler=_start)
@@ -125,6 +241,7 @@ def add_sim_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
     stop = cmds.add_parser("stop", help="stop a detached virtual board")
     stop.add_argument("name")
+    stop.add_argument("--json", action="store_true", help="print one JSON object")
     stop.set_defaults(handler=_stop)
 
     fault = cmds.add_parser("fault", help="inject a fault into a running virtual board")
@@ -133,4 +250,5 @@ def add_sim_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     fault.add_argument("--wifi", choices=["up", "down"], help="Wi-Fi loss or return")
     fault.add_argument("--sensor", action="append", metavar="NAME[=fail|ok]", help="fail a sensor")
     fault.add_argument("--flash", choices=["eio", "enospc", "ok"], help="make flash writes fail")
+    fault.add_argument("--json", action="store_true", help="print one JSON object")
     fault.set_defaults(handler=_fault)

@@ -31,3 +31,9 @@ class DeviceError(IoconnectError):
 
 class VMError(IoconnectError):
     """The MicroPython VM could not be started or died."""
+
+
+class UsageError(IoconnectError):
+    """The command line itself is wrong (unknown option, bad value): exit status 2."""
+
+    exit_code = 2

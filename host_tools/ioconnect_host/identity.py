@@ -152,9 +152,35 @@ def _keep_private(directory: Path) -> None:
             path.chmod(mode)
 
 
-def _check_dir(directory: Path) -> None:
-    if directory.exists() and not directory.is_dir():
-        raise IdentityError(f"{directory} is not a directory")
+# Permission checks as the kernel will make them (a setuid or seteuid process).
+_EFFECTIVE = os.access in os.supports_effective_ids
+
+
+def _check_dir(directory: Path, *, create: bool = False) -> None:
+    """Refuse a folder that cannot be the device filesystem, in one line naming the fix.
+
+    With ``create`` the folder is made (parents too) and must be writable unless
+    it already holds a key (then ``new`` only shows it).
+    """
+    fix = "give --dir a folder you can write: the device filesystem"
+    try:
+        if directory.exists() and not directory.is_dir():
+            raise IdentityError(
+                f"{directory} is not a directory",
+                hint="--dir names the folder that holds identity.key, not a file",
+            )
+        if create:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # it will hold the key
+    except OSError as exc:  # a parent is a file, not writable, not searchable
+        raise IdentityError(f"cannot create {directory}: {exc.strerror}", hint=fix) from exc
+    if not directory.is_dir():
+        return  # nothing there yet: show says so
+    # The VM runs inside the folder: it must be searchable and readable.
+    if not os.access(directory, os.R_OK | os.X_OK, effective_ids=_EFFECTIVE):
+        raise IdentityError(f"cannot read {directory}: permission denied", hint=fix)
+    writable = os.access(directory, os.W_OK, effective_ids=_EFFECTIVE)
+    if create and not writable and not (directory / KEY_FILE).exists():
+        raise IdentityError(f"cannot write a key in {directory}: permission denied", hint=fix)
 
 
 def new_identity(
@@ -177,8 +203,9 @@ def new_identity(
         The identity's public facts.
 
     Raises:
-        IdentityError: unknown curve, ``directory`` is a file, or the stored
-            key file is unreadable (corrupt, truncated, wrong format).
+        IdentityError: unknown curve; ``directory`` is a file, cannot be
+            created or written; or the stored key file is unreadable (corrupt,
+            truncated, wrong format).
         VMError: MicroPython could not run the device code.
 
     Example:
@@ -189,8 +216,7 @@ def new_identity(
     if curve not in CURVES:
         raise IdentityError(f"unknown curve {curve!r}", hint="choose " + ", ".join(CURVES))
     path = Path(directory)
-    _check_dir(path)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)  # it will hold the private key
+    _check_dir(path, create=True)
     return _run_device(path, curve, heap)
 
 
@@ -206,7 +232,8 @@ def show_identity(directory: Path | str = DEFAULT_DIR, *, heap: str = DEFAULT_HE
 
     Raises:
         NoIdentityError: there is no key in ``directory``.
-        IdentityError: ``directory`` is a file, or the key file is unreadable.
+        IdentityError: ``directory`` is a file or not readable, or the key
+            file is unreadable.
         VMError: MicroPython could not run the device code.
 
     Example:

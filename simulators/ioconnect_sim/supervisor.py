@@ -18,6 +18,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import selectors
 import shutil
 import subprocess
@@ -36,7 +37,10 @@ from .statelock import StateLockedError, hold_state_lock, open_control
 from .vmlib import compile_vm_lib, vm_dir
 
 __all__ = [
+    "MAX_HEAP_KIB",
+    "MIN_HEAP_KIB",
     "RESET_CAUSES",
+    "HeapError",
     "SimConfig",
     "StateInUseError",
     "VirtualBoard",
@@ -65,11 +69,41 @@ _HEAP_SLACK = 2048  # the shims' heap blocks are not packed as tightly as C stat
 _OVERHEAD: dict[tuple[str, tuple[str, ...]], int] = {}  # calibration, per shim set
 
 
+#: Smallest heap (KiB) a board may be given. benchmarks/min_heap.py (10 fresh
+#: boards per size: each makes its own random key) found the firmware booting,
+#: creating an identity and signing from 64-78 KiB on esp32 and 64-73 KiB on
+#: rpi-pico across this week's firmware; booting alone needs 22-25 KiB. Below
+#: about 2 KiB the VM reboots in a loop and a serial tool waits forever.
+MIN_HEAP_KIB = 80
+#: Largest heap (KiB): the board files' limit (boards.py ``heap_kib``).
+MAX_HEAP_KIB = 8192
+_HEAP_TEXT = re.compile(r"([0-9]{1,10})([KM]?)")
+
+
+class HeapError(IoconnectError):
+    """A heap size that is malformed or outside what a virtual board can run."""
+
+
 def parse_heap(text: str) -> int:
-    """``"96K"`` / ``"2M"`` / ``"98304"`` -> bytes."""
-    t = text.strip().upper()
-    scale = {"K": 1024, "M": 1024 * 1024}.get(t[-1:], 1)
-    return int(t.rstrip("KM")) * scale
+    """``"96K"`` / ``"2M"`` / ``"98304"`` -> bytes, within the range the firmware runs in.
+
+    Raises:
+        HeapError: not a size, or below ``MIN_HEAP_KIB`` / above ``MAX_HEAP_KIB``.
+    """
+    match = _HEAP_TEXT.fullmatch(text.strip().upper())
+    if match is None:
+        raise HeapError(
+            f"heap {text!r} is not a size", hint="give bytes, or KiB/MiB as in 96K or 2M"
+        )
+    size = int(match[1]) * {"K": 1024, "M": 1024 * 1024}.get(match[2], 1)
+    if size < MIN_HEAP_KIB * 1024:
+        raise HeapError(
+            f"heap {text} is below the {MIN_HEAP_KIB}K the firmware needs",
+            hint=f"give at least {MIN_HEAP_KIB}K, or leave --heap out for the board's budget",
+        )
+    if size > MAX_HEAP_KIB * 1024:
+        raise HeapError(f"heap {text} is above the largest board heap", hint="give at most 8M")
+    return size
 
 
 @dataclass
@@ -169,6 +203,7 @@ class VirtualBoard:
         cfg = self.config
         if self._running:
             return self.port
+        parse_heap(cfg.heap)  # a bad heap is refused before anything is taken
         cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         cfg.state_dir.chmod(0o700)  # flash holds the identity key, the log what the board printed
         self._lock_state()
