@@ -7,6 +7,7 @@ import hashlib
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,10 @@ class Pipeline:
     def __init__(self, tmp: Path, broker_port: int, mqtt_version: str = "5") -> None:
         self.mqtt_version = mqtt_version
         self.tmp = tmp
+        # A share group of its own: the broker lives for the session and keeps this
+        # relay's persistent session after the test; in a shared group it would
+        # take its turn at later tests' readings (the CLI relay's, say) and hold them.
+        self.group = f"test-{uuid.uuid4().hex[:12]}"
         self.broker_url = f"mqtt://127.0.0.1:{broker_port}"
         self.node = Node(tmp / "node.db", approved=approve_device)
         self.server = serve(self.node)
@@ -136,7 +141,7 @@ class Pipeline:
     def start_relay(self) -> None:
         self.relay = Relay(self.store, approved=approve_device)
         self.front = MqttFront(
-            self.relay, self.broker_url, client_id="relay-under-test",
+            self.relay, self.broker_url, client_id="relay-under-test", group=self.group,
             mqtt_version="5" if self.mqtt_version == "5" else "3.1.1",
         )  # fmt: skip
         self.fwd = Forwarder(self.store, f"http://127.0.0.1:{self.node_port}", workers=2)
