@@ -92,18 +92,29 @@ def _start(args: argparse.Namespace) -> int:
             args.board, name=name, state_dir=args.state, seed=args.seed, heap=args.heap
         )
         port, state = rec.port, rec.state_dir
+        uart = rec.uart_port
     else:
         vb = start_board(
             args.board, name=name, state_dir=args.state, seed=args.seed, heap=args.heap
         )
         port, state = vb.port, str(vb.config.state_dir)
+        uart = vb.uart_port
     if args.json:
         print(
-            json.dumps({"name": name, "board": args.board, "port": port, "state_dir": state}),
+            json.dumps(
+                {
+                    "name": name,
+                    "board": args.board,
+                    "port": port,
+                    "state_dir": state,
+                    "uart_port": uart,
+                }
+            ),
             flush=True,
         )
     else:
         print(f"{name} ({args.board}) serial port: {port}", flush=True)
+        print(f"{name} UART(1): {uart}", flush=True)
         if not args.detach:
             print("Running; Ctrl-C stops it.", file=sys.stderr, flush=True)
     if not args.detach:
@@ -122,6 +133,7 @@ def _list(args: argparse.Namespace) -> int:
         print("no virtual boards running")
     for b in boards:
         print(f"{b.name:<16} {b.board:<12} {b.port:<14} pid {b.pid}  {b.state_dir}")
+        print(f"{'':<16} UART(1) {b.uart_port}")
     return 0
 
 
@@ -195,6 +207,32 @@ def _sensor_faults(items: list[str], spec: Board, board: str) -> dict[str, str]:
     return sensors
 
 
+def _pin(args: argparse.Namespace) -> int:
+    from ioconnect_sim.launch import SimError, find_running
+    from ioconnect_sim.supervisor import drive_pin
+
+    from .boards import load_board
+
+    rec = find_running(args.name)
+    pins = load_board(rec.board).pins
+    if args.pin in pins.named:
+        number = pins.named[args.pin]
+    elif args.pin.isdigit() and int(args.pin) < pins.gpio_count:
+        number = int(args.pin)
+    else:
+        raise SimError(
+            f"{rec.board} has no pin {args.pin!r}",
+            hint=f"a GPIO number 0..{pins.gpio_count - 1}"
+            + (f" or one of {', '.join(sorted(pins.named))}" if pins.named else ""),
+        )
+    levels = drive_pin(Path(rec.state_dir), number, int(args.level))
+    if args.json:
+        print(json.dumps({"name": rec.name, "pin": number, "level": int(args.level), "pins": levels}))
+    else:
+        print(f"{rec.name}: pin {number} = {args.level}")
+    return 0
+
+
 def add_sim_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``sim start|list|stop|fault`` on the top-level parser."""
     sim = sub.add_parser(
@@ -252,3 +290,16 @@ def add_sim_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     fault.add_argument("--flash", choices=["eio", "enospc", "ok"], help="make flash writes fail")
     fault.add_argument("--json", action="store_true", help="print one JSON object")
     fault.set_defaults(handler=_fault)
+
+    pin = cmds.add_parser(
+        "pin",
+        help="drive an input pin of a running virtual board",
+        description="Set the level the host drives on a board's input pin: Pin.value() reads "
+        "it, and a Pin.irq handler on that pin runs on the edge (IRQ_RISING for 0 -> 1, "
+        "IRQ_FALLING for 1 -> 0).",
+    )
+    pin.add_argument("name")
+    pin.add_argument("pin", help="GPIO number, or a named pin of the board (e.g. LED)")
+    pin.add_argument("level", choices=["0", "1"])
+    pin.add_argument("--json", action="store_true", help="print one JSON object")
+    pin.set_defaults(handler=_pin)

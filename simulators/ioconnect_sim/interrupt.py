@@ -16,9 +16,11 @@ a moment later. Linux on x86-64; elsewhere the signal is sent as it is.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
 import platform
+import random
 import signal
 import subprocess
 import sys
@@ -47,6 +49,9 @@ _SAFE_SYSCALLS = frozenset(
     }
 )
 _SAFE_FUNCTIONS = ("mp_execute_bytecode",)
+# Unsafe, but over soon once another thread runs: futex (a mutex, or the GC's
+# wait for each thread to scan its stack) and tgkill (the GC signalling them).
+_WAITING_SYSCALLS = frozenset({202, 234})
 
 
 @functools.lru_cache(maxsize=4)
@@ -93,6 +98,27 @@ def _where(pid: int) -> tuple[int, int]:
     return int(fields[0]), int(fields[-1], 16)
 
 
+_SYS_TGKILL = 234  # x86-64
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _sigint_main_thread(pid: int) -> None:
+    """SIGINT to the VM's main thread only (its thread id is ``pid``).
+
+    A process-wide signal may be taken by any thread: with machine.Timer's
+    ticker thread running, a KeyboardInterrupt could land there (lost to the
+    user's program) or longjmp out of an allocation the safety check above
+    never looked at (it only inspects the main thread).
+    """
+    if _libc().syscall(_SYS_TGKILL, pid, pid, signal.SIGINT) != 0:
+        err = ctypes.get_errno()
+        raise ProcessLookupError(err, os.strerror(err))
+
+
 @functools.lru_cache(maxsize=1)
 def _warn_once() -> None:
     print(
@@ -102,7 +128,7 @@ def _warn_once() -> None:
     )
 
 
-def interrupt_safely(pid: int, *, patience_s: float = 0.5) -> bool:
+def interrupt_safely(pid: int, *, patience_s: float = 3.0) -> bool:
     """Send SIGINT to the VM ``pid`` at a safe point; True if one was found.
 
     After ``patience_s`` without a safe point the signal is sent anyway (a
@@ -115,6 +141,7 @@ def interrupt_safely(pid: int, *, patience_s: float = 0.5) -> bool:
     if not safe_pcs:
         _warn_once()
     deadline = time.monotonic() + patience_s
+    nr = -1
     while True:
         try:
             os.kill(pid, signal.SIGSTOP)
@@ -128,13 +155,18 @@ def interrupt_safely(pid: int, *, patience_s: float = 0.5) -> bool:
             nr, pc = _where(pid)
             safe = nr in _SAFE_SYSCALLS or (nr == -1 and any(a <= pc < b for a, b in safe_pcs))
             if safe or time.monotonic() > deadline:
-                os.kill(pid, signal.SIGINT)  # taken when the VM resumes, right there
+                _sigint_main_thread(pid)  # taken when the VM resumes, right there
                 return safe
         except (OSError, ValueError, IndexError):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGINT)
+                _sigint_main_thread(pid)
             return False
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-        time.sleep(0.001)
+        # A random gap, so a program with a period of its own (a 1 ms
+        # machine.Timer) is not sampled in step with it. Waiting on another VM
+        # thread (a GC round with machine.Timer's ticker) needs that thread to
+        # run: stopping the VM again at once would only starve it.
+        waiting = nr in _WAITING_SYSCALLS
+        time.sleep(random.uniform(0.002, 0.005) if waiting else random.uniform(0.0002, 0.001))

@@ -72,6 +72,7 @@ class RunningBoard:
     pid: int
     state_dir: str
     own_process: bool = False
+    uart_port: str = ""  # UART(1)'s pty ("" in records of older versions)
 
 
 def default_state_dir(name: str) -> Path:
@@ -212,7 +213,9 @@ def run_foreground(vb: VirtualBoard, board: str, on_ready: object = None) -> Non
     """
     cfg = vb.config
     state = str(cfg.state_dir.absolute())  # read by processes with another cwd
-    rec = RunningBoard(cfg.name, board, vb.port, os.getpid(), state, own_process=True)
+    rec = RunningBoard(
+        cfg.name, board, vb.port, os.getpid(), state, own_process=True, uart_port=vb.uart_port
+    )
     _write_record(rec)
 
     def _stop(signum: int, frame: object) -> None:

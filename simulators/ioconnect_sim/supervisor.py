@@ -45,6 +45,7 @@ __all__ = [
     "StateInUseError",
     "VirtualBoard",
     "compile_vm_lib",
+    "drive_pin",
     "vm_dir",
     "write_faults",
 ]
@@ -147,6 +148,24 @@ def write_faults(state_dir: Path, changes: dict[str, object]) -> dict[str, objec
     return state
 
 
+def drive_pin(state_dir: Path, pin: int, level: int) -> dict[str, int]:
+    """Drive input ``pin`` of a board to ``level`` (0/1) from the host; returns all driven pins.
+
+    The VM's Pin.value() reads it, and a Pin.irq handler on that pin runs when
+    the level changes (its ticker thread watches faults.json every 5 ms).
+    """
+    path = state_dir / "faults.json"
+    try:
+        state = json.loads(path.read_bytes() or b"{}")
+    except (OSError, ValueError):
+        state = {}
+    pins = state.get("pins")
+    levels = dict(pins) if isinstance(pins, dict) else {}
+    levels[str(pin)] = 1 if level else 0
+    write_faults(state_dir, {"pins": levels})
+    return levels
+
+
 class StateInUseError(IoconnectError):
     """Another virtual board runs on this state folder."""
 
@@ -157,12 +176,14 @@ class VirtualBoard:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.port = ""
+        self.uart_port = ""  # UART(1)'s pins: a second pty (see start())
         self.boots = 0
         self.last_exit: int | None = None
         self.heap_overhead = 0  # bytes the console and shims hold inside the VM
         self._heap = config.heap
         self._master = -1
         self._slave = -1
+        self._uart_master = self._uart_slave = -1
         self._running = False
         self._stop_claim = threading.Lock()
         self._lock_fd = -1
@@ -224,6 +245,7 @@ class VirtualBoard:
         os.fchmod(self._slave, 0o600)  # not the tty group's to write: keys pass through here
         os.set_blocking(self._master, False)
         self.port = os.ttyname(self._slave)
+        self._open_uart()
         self._write_sim_json()
         self._heap = self._vm_heap()
         self._sel.register(self._master, selectors.EVENT_READ, "host")
@@ -269,12 +291,32 @@ class VirtualBoard:
                 os.close(fd)
         # Closed numbers get reused by other files: never write to them again.
         self._master = self._slave = self._wake_r = self._wake_w = self._ctl = -1
+        self._close_uart()
         if self._log:
             self._log.close()
             self._log = None
         self._sel.close()
         os.close(self._lock_fd)  # releases the state folder
         self._lock_fd = -1
+
+    def _open_uart(self) -> None:
+        # UART(1): the VM itself reads and writes this pty's master (passed to
+        # every VM it boots), so nothing is relayed here. The master is
+        # non-blocking for the VM too (one open file): a full buffer drops
+        # bytes as a UART's TX line does when nobody listens. We keep the slave
+        # open so the VM reads "nothing yet" rather than EIO while no host
+        # program has the port open, and bytes typed during a reboot wait in
+        # the pty for the next VM.
+        self._uart_master, self._uart_slave = os.openpty()
+        tty.setraw(self._uart_slave)
+        os.set_blocking(self._uart_master, False)
+        self.uart_port = os.ttyname(self._uart_slave)
+
+    def _close_uart(self) -> None:
+        for fd in (self._uart_master, self._uart_slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._uart_master = self._uart_slave = -1
 
     @property
     def vm_pid(self) -> int | None:
@@ -310,6 +352,7 @@ class VirtualBoard:
             "preload": cfg.preload,
             "state_dir": str(cfg.state_dir),
             "faults_path": str(cfg.state_dir / "faults.json"),
+            "uart_fd": self._uart_master,  # UART(1), inherited by every VM (pass_fds)
             "build_date": "2026-07-05",
             "started_at": time.time(),
         }
@@ -375,6 +418,7 @@ class VirtualBoard:
             env=self._env(cause),
             start_new_session=True,  # a Ctrl-C in the user's terminal is not the board's
             umask=0o077,  # files the board writes (identity.key) are this user's only
+            pass_fds=(self._uart_master,),
         )
         assert self._proc.stdout and self._proc.stderr
         for stream, what in ((self._proc.stdout, "out"), (self._proc.stderr, "err")):
@@ -612,6 +656,11 @@ class VirtualBoard:
         elif word == "wdt":
             self._wdt_timeout_s = int(arg) / 1000
             self._wdt_deadline = time.monotonic() + self._wdt_timeout_s
+        elif word == "intr" and self._user_running:
+            # A Ctrl-C landed in a machine.Timer/Pin.irq callback, which the VM's
+            # scheduler swallows: interrupt the program once more.
+            self._pending.append(None)
+            self._pump()
         elif word == "feed" and self._wdt_timeout_s:
             self._wdt_deadline = time.monotonic() + self._wdt_timeout_s
 

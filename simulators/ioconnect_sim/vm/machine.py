@@ -123,8 +123,9 @@ class Pin:
     ALT = 3
     PULL_UP = 1
     PULL_DOWN = 2
-    IRQ_RISING = 4
-    IRQ_FALLING = 8
+    # esp32: GPIO_INTR_POSEDGE/NEGEDGE; rp2: GPIO_IRQ_EDGE_RISE/FALL
+    IRQ_RISING = 8 if _RP2 else 1
+    IRQ_FALLING = 4 if _RP2 else 2
     _levels = {}  # driven/external level per pin, for this boot
 
     def __init__(self, id, mode=-1, pull=-1, *, value=None, **kw):
@@ -143,6 +144,10 @@ class Pin:
 
     def value(self, v=None):
         if v is None:
+            if self._mode == Pin.IN:
+                level = _host_level(self._id)  # `ioconnect sim pin` drives inputs
+                if level is not None:
+                    return level
             if self._id in Pin._levels:
                 return Pin._levels[self._id]
             return 1 if self._pull == Pin.PULL_UP else 0
@@ -172,11 +177,49 @@ class Pin:
             return self._pull
         self._pull = p
 
-    def irq(self, handler=None, trigger=12, **kw):
-        return None  # no edges happen on the virtual board
+    def irq(self, handler=None, trigger=None, *, priority=1, wake=None, hard=False):
+        # Edges come from the host (`ioconnect sim pin`); handlers run through
+        # micropython.schedule (also for hard=True: Python never runs in an ISR here).
+        return _s.load("_simtimer").pin_irq(self, handler, trigger)
 
     def __repr__(self):
         return "Pin(%s)" % self._id
+
+
+def _host_level(pin_id):
+    # The level the host drives on an input pin, or None (see supervisor.drive_pin).
+    return _b.faults().get("pins", {}).get(str(pin_id))
+
+
+class Signal:
+    # A pin with an optional inversion (active-low LEDs, buttons to ground).
+    def __init__(self, pin, *args, invert=False, **kw):
+        self._pin = pin if isinstance(pin, Pin) else Pin(pin, *args, **kw)
+        self._invert = 1 if invert else 0
+
+    def value(self, v=None):
+        if v is None:
+            return self._pin.value() ^ self._invert
+        self._pin.value((1 if v else 0) ^ self._invert)
+
+    __call__ = value
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+
+# Peripherals in their own shims, imported on first use (machine.Timer, ...).
+_LAZY = {
+    "Timer": "_simtimer",
+    "UART": "_simuart",
+    "SPI": "_simspi",
+    "SoftSPI": "_simspi",
+    "PWM": "_simpwm",
+    "time_pulse_us": "_simpwm",
+}
 
 
 class ADC:
@@ -257,6 +300,8 @@ class RTC:
 
 
 def __getattr__(name):
+    if name in _LAZY:
+        return getattr(_s.load(_LAZY[name]), name)
     # I2C and SoftI2C live in _machx, imported on first use (with the sensor
     # models of _i2cdev) unless the supervisor preloaded them.
     if name in ("I2C", "SoftI2C"):
