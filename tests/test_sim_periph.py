@@ -264,7 +264,7 @@ def test_flash_full_raises_enospc_and_keeps_earlier_files(board: PeriphBoard) ->
         "    err = e.errno\n"
         "st = os.statvfs('/')\n"
         "print(err); print(written); print(os.stat('big.bin')[6]); print([st[0], st[2], st[3]])\n"
-        "print(open('keep.txt').read())\n"
+        "print(repr(open('keep.txt').read()))\n"
         "os.remove('big.bin'); print([free0, os.statvfs('/')[3]])",
         timeout_s=120,
     )
@@ -276,7 +276,7 @@ def test_flash_full_raises_enospc_and_keeps_earlier_files(board: PeriphBoard) ->
     assert keep == "precious"
     assert free_after == free0
     # Nothing else broke: a small write fits again.
-    assert board.run("open('after.txt', 'w').write('ok')\nprint(open('after.txt').read())") == [
+    assert board.run("open('after.txt', 'w').write('ok')\nprint(repr(open('after.txt').read()))") == [
         "ok"
     ]
 
