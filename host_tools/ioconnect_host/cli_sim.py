@@ -227,7 +227,8 @@ def _pin(args: argparse.Namespace) -> int:
         )
     levels = drive_pin(Path(rec.state_dir), number, int(args.level))
     if args.json:
-        print(json.dumps({"name": rec.name, "pin": number, "level": int(args.level), "pins": levels}))
+        out = {"name": rec.name, "pin": number, "level": int(args.level), "pins": levels}
+        print(json.dumps(out))
     else:
         print(f"{rec.name}: pin {number} = {args.level}")
     return 0

@@ -148,7 +148,7 @@ def write_faults(state_dir: Path, changes: dict[str, object]) -> dict[str, objec
     return state
 
 
-def drive_pin(state_dir: Path, pin: int, level: int) -> dict[str, int]:
+def drive_pin(state_dir: Path, pin: int | str, level: int) -> dict[str, int]:
     """Drive input ``pin`` of a board to ``level`` (0/1) from the host; returns all driven pins.
 
     The VM's Pin.value() reads it, and a Pin.irq handler on that pin runs when
