@@ -296,6 +296,11 @@ def test_flash_full_raises_enospc_and_keeps_earlier_files(board: PeriphBoard) ->
 # -- Pin.irq from the host ----------------------------------------------------------
 
 
+# Callbacks run at the VM's safe points while code runs (the console waiting
+# for input runs none): each look at the events lets them run first.
+WAIT = "import time\ntime.sleep_ms(2)\n"
+
+
 @pytest.fixture
 def detached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     monkeypatch.setenv("IOCONNECT_HOME", str(tmp_path))
@@ -328,7 +333,7 @@ def test_pin_irq_fires_on_host_edges(
         def events(expect: int) -> list[Any]:
             deadline = time.monotonic() + 10
             while True:
-                got: list[Any] = ast.literal_eval(t.exec("print([ev, rise])").decode())
+                got: list[Any] = ast.literal_eval(t.exec(WAIT + "print([ev, rise])").decode())
                 if len(got[0]) + len(got[1]) >= expect or time.monotonic() > deadline:
                     return got
                 time.sleep(0.02)
@@ -350,7 +355,7 @@ def test_pin_irq_fires_on_host_edges(
             "pins": {"4": 1, "5": 0},
         }
         assert events(4) == [[(1, 1), (0, 2), (1, 1)], [1]]
-        assert t.exec("print([p4.value(), p5.value(), irq.trigger()])") == b"[1, 0, 3]\r\n"
+        assert t.exec(WAIT + "print([p4.value(), p5.value(), irq.trigger()])") == b"[1, 0, 3]\r\n"
     # A pin the board does not have: one line, non-zero exit.
     assert main(["sim", "pin", "pins-dev", "40", "1"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
