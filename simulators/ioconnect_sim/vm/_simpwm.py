@@ -1,4 +1,4 @@
-# machine.PWM and machine.time_pulse_us of the virtual board (machine.py
+# machine.PWM, Signal and time_pulse_us of the virtual board (machine.py
 # imports this module on first use).
 #
 # A PWM output is a waveform of board time: high for the first duty part of
@@ -68,6 +68,26 @@ class PWM:
 
     def __repr__(self):
         return "PWM(Pin(%d), freq=%d, duty_u16=%d)" % (self._pin, self._freq, self._duty)
+
+
+class Signal:
+    # A pin with an optional inversion (active-low LEDs, buttons to ground).
+    def __init__(self, pin, *args, invert=False, **kw):
+        self._pin = pin if isinstance(pin, Pin) else Pin(pin, *args, **kw)
+        self._invert = 1 if invert else 0
+
+    def value(self, v=None):
+        if v is None:
+            return self._pin.value() ^ self._invert
+        self._pin.value((1 if v else 0) ^ self._invert)
+
+    __call__ = value
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
 
 
 def time_pulse_us(pin, pulse_level, timeout_us=1000000):

@@ -191,26 +191,6 @@ def _host_level(pin_id):
     return _b.faults().get("pins", {}).get(str(pin_id))
 
 
-class Signal:
-    # A pin with an optional inversion (active-low LEDs, buttons to ground).
-    def __init__(self, pin, *args, invert=False, **kw):
-        self._pin = pin if isinstance(pin, Pin) else Pin(pin, *args, **kw)
-        self._invert = 1 if invert else 0
-
-    def value(self, v=None):
-        if v is None:
-            return self._pin.value() ^ self._invert
-        self._pin.value((1 if v else 0) ^ self._invert)
-
-    __call__ = value
-
-    def on(self):
-        self.value(1)
-
-    def off(self):
-        self.value(0)
-
-
 # Peripherals in their own shims, imported on first use (machine.Timer, ...).
 _LAZY = {
     "Timer": "_simtimer",
@@ -219,6 +199,7 @@ _LAZY = {
     "SoftSPI": "_simspi",
     "PWM": "_simpwm",
     "time_pulse_us": "_simpwm",
+    "Signal": "_simpwm",
 }
 
 
