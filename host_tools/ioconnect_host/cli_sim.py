@@ -208,7 +208,7 @@ def _sensor_faults(items: list[str], spec: Board, board: str) -> dict[str, str]:
 
 
 def _pin(args: argparse.Namespace) -> int:
-    from ioconnect_sim.launch import SimError, find_running
+    from ioconnect_sim.launch import find_running
     from ioconnect_sim.supervisor import drive_pin
 
     from .boards import load_board
@@ -220,7 +220,7 @@ def _pin(args: argparse.Namespace) -> int:
     elif args.pin.isdigit() and int(args.pin) < pins.gpio_count:
         number = int(args.pin)
     else:
-        raise SimError(
+        raise UsageError(
             f"{rec.board} has no pin {args.pin!r}",
             hint=f"a GPIO number 0..{pins.gpio_count - 1}"
             + (f" or one of {', '.join(sorted(pins.named))}" if pins.named else ""),
