@@ -70,7 +70,7 @@ NO_BOARD_NEEDED = [
         ["sim", "strat"],
         2,
         "sim: argument COMMAND: invalid choice: 'strat' (choose from 'start', 'list', 'stop', "
-        "'fault') (did you mean 'start'?)",
+        "'fault', 'pin') (did you mean 'start'?)",
     ),
     (
         ["sim", "start"],
