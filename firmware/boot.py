@@ -2,4 +2,55 @@
 # without its REPL on some ports.
 import gc
 
+
+def _finish_deploy():
+    # A deploy cut short (cable, power) leaves `.deploy/`. With its plan, written
+    # only after every staged file checked out, the renames are redone; without
+    # one the staged files are dropped. Either way one whole firmware boots,
+    # never a mix (ioconnect_host/deploy.py has the design).
+    import os
+
+    try:
+        names = os.listdir(".deploy")
+    except OSError:
+        return
+    if "plan" in names:
+        import json
+
+        with open(".deploy/plan") as f:
+            plan = json.load(f)
+        for src, dst in plan["put"]:
+            src = ".deploy/" + src
+            try:
+                os.stat(src)
+            except OSError:
+                continue  # renamed before the cut
+            d = ""
+            for part in dst.split("/")[:-1]:
+                d += part
+                try:
+                    os.mkdir(d)
+                except OSError:
+                    pass  # exists
+                d += "/"
+            try:
+                os.rename(src, dst)
+            except OSError:
+                os.remove(dst)  # FAT does not rename over a file
+                os.rename(src, dst)
+        for path in plan["del"]:
+            try:
+                os.remove(path)
+            except OSError:
+                pass  # removed before the cut
+    for name in os.listdir(".deploy"):
+        os.remove(".deploy/" + name)
+    os.rmdir(".deploy")
+
+
+try:
+    _finish_deploy()
+except Exception as e:  # noqa: BLE001 - the REPL must come up to repair a board
+    print("ioconnect: finishing the last deploy failed:", e)
+del _finish_deploy
 gc.collect()

