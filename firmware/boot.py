@@ -48,9 +48,14 @@ def _finish_deploy():
     os.rmdir(".deploy")
 
 
-try:
-    _finish_deploy()
-except Exception as e:  # noqa: BLE001 - the REPL must come up to repair a board
-    print("ioconnect: finishing the last deploy failed:", e)
+while True:
+    try:
+        _finish_deploy()
+        break
+    except KeyboardInterrupt:
+        pass  # a host's Ctrl-C must not stop it halfway: each step is safe to redo
+    except Exception as e:  # noqa: BLE001 - the REPL must come up to repair a board
+        print("ioconnect: finishing the last deploy failed:", e)
+        break
 del _finish_deploy
 gc.collect()

@@ -60,6 +60,7 @@ __all__ = [
     "DeployResult",
     "deploy",
     "firmware_files",
+    "install_firmware",
     "mpy_target",
 ]
 
@@ -421,6 +422,12 @@ def deploy(
         session.transport.enter_raw_repl(soft_reset=True, timeout_s=10.0 * session.scale)
     result.seconds = time.monotonic() - start
     return result
+
+
+def install_firmware(session: Session) -> None:
+    """Deploy with the defaults: the hook :func:`~ioconnect_host.provision.provision`
+    calls when a board has no (compatible) firmware."""
+    deploy(session)
 
 
 def _build_for(session: Session, device_mpy: Any, src: Path) -> tuple[str, list[FirmwareFile]]:
