@@ -39,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import time
@@ -255,7 +256,9 @@ def _source_files(src: Path) -> list[FirmwareFile]:
     # The layout build_firmware makes, with the modules as source.
     names = ["boot.py", "main.py"]
     names += [f"ioconnect/{p.name}" for p in sorted((src / "ioconnect").glob("*.py"))]
-    names += [f"ioconnect/tables/{p.name}" for p in sorted((src / "ioconnect/tables").glob("*.bin"))]
+    names += [
+        f"ioconnect/tables/{p.name}" for p in sorted((src / "ioconnect/tables").glob("*.bin"))
+    ]
     return [FirmwareFile(n, (src / n).read_bytes()) for n in names]
 
 
@@ -317,7 +320,9 @@ def _run_json(session: Session, code: bytes) -> Any:
     try:
         return json.loads(out)
     except ValueError as exc:
-        raise DeployError(f"{session.port}: unexpected answer from the board: {out[-80:]!r}") from exc
+        raise DeployError(
+            f"{session.port}: unexpected answer from the board: {out[-80:]!r}"
+        ) from exc
 
 
 def _owned(manifest: str | None) -> dict[str, str]:
@@ -486,10 +491,9 @@ def _flush(session: Session, ops: list[tuple[str, int, str]], chunk: bytearray) 
 
 
 def _drop(session: Session) -> None:
-    try:
+    # If this fails too, the board drops `.deploy` itself at the next boot.
+    with contextlib.suppress(IoconnectError):
         session.exec(_APPLY + b"_dpr()" + _CLEAN, timeout_s=_OP_TIMEOUT_S)
-    except IoconnectError:
-        pass  # the board drops `.deploy` itself at the next boot
 
 
 def _commit(session: Session, send: list[FirmwareFile], gone: list[str], *, limit: int) -> None:
