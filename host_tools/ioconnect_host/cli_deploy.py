@@ -1,7 +1,9 @@
 """The ``deploy`` command: sync the firmware onto a board (see :mod:`.deploy`).
 
-Kept apart from the other board commands so that it imports only what a deploy
-needs: the library is loaded when the command runs.
+Kept apart from the other commands so that it imports only what a deploy needs,
+and also runnable without the full CLI (:func:`run_deploy`, used by
+:mod:`.launcher`): a no-change deploy takes about 30 ms, importing every command
+group about 200 ms.
 """
 
 from __future__ import annotations
@@ -9,12 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeAlias
+
+from .errors import IoconnectError
 
 if TYPE_CHECKING:
     from .deploy import DeployResult
 
-__all__ = ["add_deploy_command"]
+__all__ = ["add_deploy_command", "run_deploy"]
+
+_HELP = "put the firmware on a board: send only changed files, switch atomically"
 
 Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -65,10 +72,7 @@ def _summary(r: DeployResult) -> None:
         print(f"(an interrupted deploy was {r.pending} first)")
 
 
-def add_deploy_command(sub: Sub) -> None:
-    """Register ``deploy`` on the top-level parser's subcommands."""
-    text = "put the firmware on a board: send only changed files, switch atomically"
-    p = sub.add_parser("deploy", help=text, description=text)
+def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-p",
         "--port",
@@ -84,9 +88,11 @@ def add_deploy_command(sub: Sub) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="only say what would change")
     p.add_argument(
-        "--delete", action="store_true", help="remove files an earlier deploy put there and we "
-        "no longer ship (never files it did not put there)",
-    )  # fmt: skip
+        "--delete",
+        action="store_true",
+        help="remove files an earlier deploy put there and we no longer ship "
+        "(never files it did not put there)",
+    )
     p.add_argument(
         "--no-reset",
         dest="reset",
@@ -94,3 +100,29 @@ def add_deploy_command(sub: Sub) -> None:
         help="do not soft-reset the board after a change",
     )
     p.set_defaults(handler=_deploy)
+
+
+def add_deploy_command(sub: Sub) -> None:
+    """Register ``deploy`` on the top-level parser's subcommands."""
+    _arguments(sub.add_parser("deploy", help=_HELP, description=_HELP))
+
+
+def run_deploy(argv: Sequence[str]) -> int:
+    """``ioconnect deploy ARGV`` without loading the other commands; the exit status.
+
+    Faults become one stderr line and exit status, as :func:`ioconnect_host.cli.main`
+    makes them.
+    """
+    parser = argparse.ArgumentParser(prog="ioconnect deploy", description=_HELP)
+    _arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, usage errors
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return _deploy(args)
+    except IoconnectError as err:
+        # As cli.main: one line (a multi-line hint is a VM traceback: message only).
+        text = str(err) if err.hint is None or "\n" not in err.hint else str(err.args[0])
+        print(f"ioconnect: error: {text}", file=sys.stderr)
+        return err.exit_code
