@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ from ioconnect_host.deploy import (
 )
 from ioconnect_host.errors import IoconnectError
 from ioconnect_host.firmware import host_mpy_arch
+from ioconnect_host.launcher import main as launcher_main
 from ioconnect_host.paths import firmware_dir
 from ioconnect_host.ports import select_port
 from ioconnect_host.session import open_session
@@ -339,3 +342,22 @@ def test_provision_deploys_a_blank_board(
     assert result["firmware"] == "0.1.0" and result["created"] is True
     assert on_flash(blank, list(expected(None))) == expected(None)
     assert json.loads((flash(blank) / MANIFEST).read_text())["files"] == expected(None)
+
+
+def test_launcher_runs_deploy_without_the_other_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = (
+        "import sys\n"
+        "from ioconnect_host.launcher import main\n"
+        "print(main(['deploy', '--port', sys.argv[1]]), 'ioconnect_host.cli' in sys.modules)\n"
+    )
+    missing = str(tmp_path / "ttyUSB7")
+    done = subprocess.run(
+        [sys.executable, "-c", code, missing], capture_output=True, text=True, check=True
+    )
+    assert done.stdout == "1 False\n"
+    assert done.stderr.startswith(f"ioconnect: error: no such serial port: {missing}")
+    assert done.stderr.count("\n") == 1
+    assert launcher_main(["--version"]) == 0  # everything else: the full CLI
+    assert capsys.readouterr().out == "ioconnect 0.1.0\n"
