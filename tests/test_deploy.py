@@ -27,6 +27,7 @@ from ioconnect_host.deploy import (
     deploy,
     firmware_files,
     mpy_target,
+    read_manifest,
 )
 from ioconnect_host.errors import IoconnectError
 from ioconnect_host.firmware import host_mpy_arch
@@ -100,7 +101,8 @@ def test_first_deploy_to_blank_board_then_no_change(blank: VirtualBoard) -> None
         manifest
     )
     assert on_flash(blank, list(want)) == want
-    assert json.loads(manifest) == {"format": 1, "mpy_arch": ARCH, "files": want}
+    assert read_manifest(manifest) == want
+    assert manifest.startswith(f"# ioconnect deploy manifest 1, mpy_arch {ARCH}\n".encode())
     assert not (flash(blank) / ".deploy").exists()
     dones = [d for d, _ in seen]
     assert dones == sorted(dones) and seen[-1] == (first.bytes_sent, first.bytes_sent)
@@ -145,7 +147,7 @@ def test_delete_removes_stale_owned_file_and_keeps_user_files(
     assert not (flash(blank) / "ioconnect/extra.mpy").exists()
     assert (flash(blank) / "notes.txt").read_bytes() == b"mine"
     assert (flash(blank) / "ioconnect/user.txt").read_bytes() == b"also mine"
-    assert json.loads((flash(blank) / MANIFEST).read_text())["files"] == expected(None)
+    assert read_manifest((flash(blank) / MANIFEST).read_bytes()) == expected(None)
 
 
 def test_dry_run_changes_nothing(blank: VirtualBoard, tmp_path: Path) -> None:
@@ -184,7 +186,7 @@ def _state(vb: VirtualBoard, old: dict[str, str], new: dict[str, str]) -> str:
     assert not (flash(vb) / ".deploy").exists()
     now = on_flash(vb, list(old))
     manifest = flash(vb) / MANIFEST
-    listed = json.loads(manifest.read_text())["files"] if manifest.exists() else None
+    listed = read_manifest(manifest.read_bytes()) if manifest.exists() else None
     if now == new:
         assert listed == new
         return "new"
@@ -306,7 +308,11 @@ def test_cli_json_and_one_line_errors(
     assert done["bytes_sent"] == dry["bytes_sent"] > 300_000
     assert main(["deploy", "--port", blank.port, "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
-    assert (again["files_sent"], again["bytes_sent"], again["files_skipped"]) == ([], 0, 23)
+    assert (again["files_sent"], again["bytes_sent"], again["files_skipped"]) == (
+        [],
+        0,
+        len(expected(None)),
+    )
 
     missing = str(tmp_path / "ttyACM9")
     assert main(["deploy", "--port", missing]) == 1
@@ -341,7 +347,7 @@ def test_provision_deploys_a_blank_board(
     result = json.loads(capsys.readouterr().out)
     assert result["firmware"] == "0.1.0" and result["created"] is True
     assert on_flash(blank, list(expected(None))) == expected(None)
-    assert json.loads((flash(blank) / MANIFEST).read_text())["files"] == expected(None)
+    assert read_manifest((flash(blank) / MANIFEST).read_bytes()) == expected(None)
 
 
 def test_launcher_runs_deploy_without_the_other_commands(
@@ -361,3 +367,18 @@ def test_launcher_runs_deploy_without_the_other_commands(
     assert done.stderr.count("\n") == 1
     assert launcher_main(["--version"]) == 0  # everything else: the full CLI
     assert capsys.readouterr().out == "ioconnect 0.1.0\n"
+
+
+def test_deploy_to_a_fragmented_heap_sends_smaller_statements(blank: VirtualBoard) -> None:
+    # Blocks of 4.5 KB, every other one freed: no room for a 4 KB chunk's text
+    # (5.5 KB of base64), which the board's paste buffer needs in one block.
+    fragment = (
+        "import gc\n_junk=[]\ntry:\n while True:_junk.append(bytearray(4500))\n"
+        "except MemoryError:pass\n_junk=_junk[::2]\ngc.collect()\n"
+    )
+    with open_session(select_port(blank.port)) as s:
+        s.exec(fragment)
+        r = deploy(s)
+        assert s.info()["firmware"] == "0.1.0"
+    assert r.files_sent == [*expected(None), MANIFEST]
+    assert on_flash(blank, list(expected(None))) == expected(None)

@@ -1,8 +1,8 @@
 """Put the firmware on a board as a sync: send only what changed, switch atomically.
 
 One round trip hashes, on the board, every file we would write and every file
-the board's manifest (``ioconnect/.manifest``: path and SHA-256 of each file a
-deploy put there, JSON) says we own. Only files whose hash differs are sent;
+the board's manifest (``ioconnect/.manifest``: SHA-256 and path of each file a
+deploy put there, in ``sha256sum`` layout) says we own. Only files whose hash differs are sent;
 ``delete=True`` removes owned files the new firmware no longer has, and never a
 file the manifest does not list (the user's). A module's other form
 (``x.py`` beside a deployed ``x.mpy``, or the reverse) is always removed: the
@@ -52,7 +52,7 @@ from .errors import IoconnectError
 from .firmware import FirmwareFile, build_firmware
 from .paths import firmware_dir, home
 from .session import Session
-from .transport import DeviceExecError
+from .transport import DeviceExecError, TransportError
 
 __all__ = [
     "MANIFEST",
@@ -63,6 +63,7 @@ __all__ = [
     "firmware_files",
     "install_firmware",
     "mpy_target",
+    "read_manifest",
 ]
 
 #: The board file listing what deploys put there (path -> SHA-256), JSON.
@@ -74,6 +75,7 @@ MPY_ARCHES = (
     "xtensa", "xtensawin", "rv32imc", "rv64imc",
 )  # fmt: skip
 _CHUNK = 4096  # file bytes per statement: the board holds the statement's text while it runs
+_MIN_CHUNK = 256  # halved down to this on MemoryError
 _OP_TIMEOUT_S = 20.0  # one statement: hashing every file on a slow board's flash
 
 Progress = Callable[[int, int], None]
@@ -122,28 +124,35 @@ def _dph(p):
 """
 _CLEAN = b"\ndel _dpa,_dpr,_dph,_dpb\n"
 # Survey: finish or drop a cut deploy (unless only looking), then hash our files.
+# One line per fact, printed as found: a board with a fragmented heap has no
+# room for one big answer. "P finished|dropped|-", "M <_mpy>|-", then
+# "H <sha256>|- <path>" per path asked, "O <sha256>|- <path>" per path the manifest lists.
 _SURVEY = (
     _APPLY
     + b"""def _dps(a):
- import sys
- a=json.loads(a);r={}
+ import sys,gc
+ gc.collect()
+ a=json.loads(a);r='-'
  try:
-  os.stat('.deploy/plan');r['pending']='finished'
+  os.stat('.deploy/plan');r='finished'
   if a['finish']:_dpa(-1)
  except OSError:
   try:
-   os.stat('.deploy');r['pending']='dropped'
+   os.stat('.deploy');r='dropped'
    if a['finish']:_dpr()
   except OSError:pass
- r['mpy']=getattr(sys.implementation,'_mpy',None)
- try:
-  with open(a['manifest']) as f:r['manifest']=f.read()
- except OSError:r['manifest']=None
- paths=a['paths']
- try:paths+=list(json.loads(r['manifest'])['files'])
- except Exception:pass
- r['hashes']={p:_dph(p) for p in paths}
- print(json.dumps(r))
+ print('P',r)
+ print('M',getattr(sys.implementation,'_mpy','-'))
+ for p in a['paths']:print('H',_dph(p) or '-',p)
+ try:f=open(a['manifest'])
+ except OSError:return
+ while True:
+  l=f.readline()
+  if not l:break
+  if l[0]!='#':
+   p=l[66:].strip()
+   print('O',_dph(p) or '-',p)
+ f.close()
 """
 )
 _SETUP = (
@@ -325,14 +334,54 @@ def _run_json(session: Session, code: bytes) -> Any:
         ) from exc
 
 
-def _owned(manifest: str | None) -> dict[str, str]:
-    if manifest is None:
-        return {}
+@dataclass
+class _Survey:
+    pending: str | None
+    mpy: int | None
+    on_board: dict[str, str | None]  # path -> SHA-256 on the board (None: absent)
+    owned: set[str]  # paths the board's manifest lists
+
+
+def _survey(session: Session, paths: list[str], *, finish: bool) -> _Survey:
+    args = _arg({"finish": finish, "manifest": MANIFEST, "paths": paths})
+    out = session.exec(_SURVEY + b"_dps(" + args + b")" + _CLEAN + b"del _dps\n",
+                       timeout_s=_OP_TIMEOUT_S)  # fmt: skip
+    result = _Survey(None, None, {}, set())
     try:
-        files = json.loads(manifest)["files"]
-    except (ValueError, KeyError, TypeError):
-        return {}  # damaged by hand: own nothing rather than delete a user's file
-    return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
+        for line in out.decode().splitlines():
+            tag, value, *rest = line.split(" ", 2)
+            if tag == "P":
+                result.pending = None if value == "-" else value
+            elif tag == "M":
+                result.mpy = None if value == "-" else int(value)
+            elif tag in ("H", "O"):
+                result.on_board[rest[0]] = None if value == "-" else value
+                if tag == "O":
+                    result.owned.add(rest[0])
+            else:
+                raise ValueError(line)
+    except (ValueError, IndexError, UnicodeError) as exc:
+        raise DeployError(
+            f"{session.port}: unexpected answer from the board: {out[-80:]!r}"
+        ) from exc
+    return result
+
+
+def _manifest(arch: str | None, files: dict[str, str]) -> bytes:
+    # sha256sum's layout (`sha256sum -c` checks a board's copy); written by us only.
+    lines = [f"# ioconnect deploy manifest 1, mpy_arch {arch or '-'}"]
+    lines += [f"{sha}  {path}" for path, sha in sorted(files.items())]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def read_manifest(data: bytes) -> dict[str, str]:
+    """Path -> SHA-256 of each file a manifest (``ioconnect/.manifest``) lists."""
+    out = {}
+    for line in data.decode().splitlines():
+        if line and not line.startswith("#"):
+            sha, _, path = line.partition("  ")
+            out[path] = sha
+    return out
 
 
 def deploy(
@@ -378,38 +427,25 @@ def deploy(
         paths = [p[:-3] + ".mpy" if p.startswith("ioconnect/") and p.endswith(".py") else p
                  for p in paths]  # fmt: skip
     others = [o for o in map(_other_form, paths) if o]
-    survey = _run_json(
-        session,
-        _SURVEY
-        + b"_dps("
-        + _arg({"finish": not dry_run, "manifest": MANIFEST, "paths": paths + others + [MANIFEST]})
-        + b")"
-        + _CLEAN
-        + b"del _dps\n",
-    )
-    result = DeployResult(dry_run=dry_run, pending=survey.get("pending"))
+    survey = _survey(session, paths + others + [MANIFEST], finish=not dry_run)
+    result = DeployResult(dry_run=dry_run, pending=survey.pending)
     files = sources
     if mpy:
-        result.mpy_arch, files = _build_for(session, survey.get("mpy"), src)
-    on_board: dict[str, str | None] = survey["hashes"]
-    owned = _owned(survey.get("manifest"))
+        result.mpy_arch, files = _build_for(session, survey.mpy, src)
+    on_board = survey.on_board
     wanted = {f.path: f.data for f in files}
     send = [f for f in files if on_board.get(f.path) != _sha(f.data)]
     result.files_skipped = [f.path for f in files if on_board.get(f.path) == _sha(f.data)]
     gone = sorted({o for o in others if on_board.get(o) and o not in wanted})
     manifest_files = {p: _sha(d) for p, d in wanted.items()}
-    for path in sorted(owned.keys() - wanted.keys() - {MANIFEST}):
+    for path in sorted(survey.owned - wanted.keys() - {MANIFEST}):
         if on_board.get(path) is None or path in gone:
             continue
         if delete:
             gone.append(path)
         else:
             manifest_files[path] = str(on_board[path])  # kept, so still ours
-    manifest = json.dumps(
-        {"format": 1, "mpy_arch": result.mpy_arch, "files": manifest_files},
-        sort_keys=True,
-        indent=0,
-    ).encode()
+    manifest = _manifest(result.mpy_arch, manifest_files)
     if on_board.get(MANIFEST) != _sha(manifest) or send or gone:
         send.append(FirmwareFile(MANIFEST, manifest))  # renamed last
     if send == [] and not gone:
@@ -450,44 +486,70 @@ def _build_for(session: Session, device_mpy: Any, src: Path) -> tuple[str, list[
     return arch, files
 
 
+Op = tuple[str, int, str]  # staged name, bytes, open mode
+
+
+def _batch(
+    send: list[FirmwareFile], cursor: tuple[int, int], size: int
+) -> tuple[list[Op], bytes, tuple[int, int]]:
+    """Up to ``size`` bytes from ``cursor`` (file index, offset) on: ops, data, next cursor."""
+    index, pos = cursor
+    ops: list[Op] = []
+    chunk = bytearray()
+    while index < len(send) and len(chunk) < size:
+        data = send[index].data
+        piece = data[pos : pos + size - len(chunk)]
+        ops.append((str(index), len(piece), "wb" if pos == 0 else "ab"))
+        chunk += piece
+        pos += len(piece)
+        if pos >= len(data):  # an empty file still gets its one (empty) write
+            index, pos = index + 1, 0
+    return ops, bytes(chunk), (index, pos)
+
+
 def _stage(session: Session, send: list[FirmwareFile], report: Progress) -> None:
-    """Write ``send`` to ``.deploy/<index>``, several files per statement."""
+    """Write ``send`` to ``.deploy/<index>``, several files per statement.
+
+    A board whose heap has no room for a statement (MemoryError: the text and
+    the decoded bytes each need one block) gets the same data in halves, down
+    to 256 bytes. A statement that failed after writing part of it leaves a
+    wrong file, which the hash check before the switch catches.
+    """
     total = sum(len(f.data) for f in send)
     session.exec(_SETUP, timeout_s=_OP_TIMEOUT_S)
-    ops: list[tuple[str, int, str]] = []
-    chunk = bytearray()
-    done = 0
-    try:
-        for index, f in enumerate(send):
-            pos = 0
-            while True:  # an empty file still gets its one (empty) write
-                piece = f.data[pos : pos + _CHUNK - len(chunk)]
-                ops.append((str(index), len(piece), "wb" if pos == 0 else "ab"))
-                chunk += piece
-                pos += len(piece)
-                if len(chunk) >= _CHUNK:
-                    done += _flush(session, ops, chunk)
-                    report(done, total)
-                if pos >= len(f.data):
-                    break
-        if ops:
-            done += _flush(session, ops, chunk)
-            report(done, total)
-    except DeviceExecError as exc:
-        _drop(session)
-        raise DeployError(
-            f"{session.port}: the board could not store the firmware: {exc}",
-            hint="the old firmware is kept; free some flash?",
-        ) from exc
+    cursor, done, size = (0, 0), 0, _CHUNK
+    while cursor[0] < len(send):
+        ops, chunk, after = _batch(send, cursor, size)
+        try:
+            session.exec(b"_dpw(" + _arg(ops) + b",b'" + base64.b64encode(chunk) + b"')")
+        except TransportError:
+            # A board that runs out of heap while it takes the text (the virtual
+            # board buffers a whole paste) breaks off mid-paste. Smaller
+            # statements, if it is the same boot (its `_dpw` still defined).
+            if size <= _MIN_CHUNK or not _same_boot(session):
+                raise
+            size //= 2
+            continue
+        except DeviceExecError as exc:
+            if exc.code == "MemoryError" and size > _MIN_CHUNK:
+                size //= 2
+                continue
+            _drop(session)
+            raise DeployError(
+                f"{session.port}: the board could not store the firmware: {exc}",
+                hint="the old firmware is kept; free some flash?",
+            ) from exc
+        cursor = after
+        done += len(chunk)
+        report(done, total)
     session.exec(b"del _dpw,_dpr", timeout_s=_OP_TIMEOUT_S)
 
 
-def _flush(session: Session, ops: list[tuple[str, int, str]], chunk: bytearray) -> int:
-    n = len(chunk)
-    session.exec(b"_dpw(" + _arg(ops) + b",b'" + base64.b64encode(chunk) + b"')")
-    ops.clear()
-    chunk.clear()
-    return n
+def _same_boot(session: Session) -> bool:
+    try:
+        return session.exec(b"print('_dpw' in globals())", timeout_s=_OP_TIMEOUT_S) == b"True\r\n"
+    except IoconnectError:
+        return False
 
 
 def _drop(session: Session) -> None:
