@@ -1,33 +1,36 @@
 """Put the firmware on a board as a sync: send only what changed, switch atomically.
 
 One round trip hashes, on the board, every file we would write and every file
-the board's manifest (``ioconnect/.manifest``: SHA-256 and path of each file a
-deploy put there, in ``sha256sum`` layout) says we own. Only files whose hash differs are sent;
-``delete=True`` removes owned files the new firmware no longer has, and never a
-file the manifest does not list (the user's). A module's other form
-(``x.py`` beside a deployed ``x.mpy``, or the reverse) is always removed: the
-board would import the source first and run a mix.
+the board's manifest says we own (``ioconnect/.manifest``: SHA-256 and path of
+each file a deploy put there, in ``sha256sum`` layout). Only files whose hash
+differs are sent; ``delete=True`` removes owned files the new firmware no
+longer has, never a file the manifest does not list (the user's). A module's
+other form (``x.py`` beside a deployed ``x.mpy``, or the reverse) is always
+removed: the board would import the source first and run a mix.
 
-The switch (why not temp name + rename per file): renaming file by file leaves
-old and new modules side by side if the power goes between two renames. So:
+The switch. Temp name + rename per file is not enough: a power cut between two
+renames leaves old and new modules side by side. So:
 
 1. *Stage*: changed files go to ``.deploy/0``, ``.deploy/1`` … (flat names).
 2. *Check*: the board hashes the staged files; any mismatch drops them all,
    the old firmware is untouched.
 3. *Commit*: the plan (staged name -> path, paths to delete) is written to
    ``.deploy/plan`` by temp file + rename. That rename is the switch point.
-4. *Apply*: rename each staged file over its path, delete, remove ``.deploy``.
+4. *Apply*: rename each staged file over its path (the manifest last), delete,
+   remove ``.deploy``; then a soft reset runs the new firmware.
 
 A cut before 3 leaves ``.deploy/`` without a plan: ``boot.py`` drops it and the
 old firmware boots. A cut after 3 leaves the plan: ``boot.py`` redoes the
-renames (each is skipped if done) before ``main.py`` imports anything, so the
-new firmware boots. The next deploy does the same before it hashes. Only the
-changed files are written once each, unlike a copy of the whole tree to a
-second folder; the price is that a board whose ``boot.py`` predates this
-finishes a cut deploy only at the next deploy.
+renames (each is skipped if done; a host's Ctrl-C makes it start over, not
+stop) before ``main.py`` imports anything, so the new firmware boots. The next
+deploy does the same before it hashes. Against a second full tree swapped in
+by two folder renames, this writes each changed file once and copies nothing;
+the price is that a board whose ``boot.py`` predates this finishes a cut
+deploy only at the next deploy.
 
-Data travels as base64 in raw-paste, several KB per statement: the raw REPL
-takes only text, and ``repr`` of binary (``\\x..``) costs four bytes per byte.
+Data travels as base64 in raw-paste, 4 KB of file per statement (halved on a
+board short of heap): the raw REPL takes only text, and ``repr`` of binary
+(``\\x..``) costs up to four bytes per byte.
 
 Example:
     >>> with open_session(select_port("sim:dev1")) as board:
