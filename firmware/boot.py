@@ -15,34 +15,39 @@ def _finish_deploy():
     except OSError:
         return
     if "plan" in names:
-        import json
-
-        with open(".deploy/plan") as f:
-            plan = json.load(f)
-        for src, dst in plan["put"]:
-            src = ".deploy/" + src
-            try:
-                os.stat(src)
-            except OSError:
-                continue  # renamed before the cut
-            d = ""
-            for part in dst.split("/")[:-1]:
-                d += part
+        # "P <staged> <path>": rename; "D <path>": delete (host: deploy._plan).
+        f = open(".deploy/plan")
+        while True:
+            line = f.readline()
+            if not line:
+                break
+            rest = line[2:].rstrip("\n")
+            if line[0] == "P":
+                src, dst = rest.split(" ", 1)
+                src = ".deploy/" + src
                 try:
-                    os.mkdir(d)
+                    os.stat(src)
                 except OSError:
-                    pass  # exists
-                d += "/"
-            try:
-                os.rename(src, dst)
-            except OSError:
-                os.remove(dst)  # FAT does not rename over a file
-                os.rename(src, dst)
-        for path in plan["del"]:
-            try:
-                os.remove(path)
-            except OSError:
-                pass  # removed before the cut
+                    continue  # renamed before the cut
+                d = ""
+                for part in dst.split("/")[:-1]:
+                    d += part
+                    try:
+                        os.mkdir(d)
+                    except OSError:
+                        pass  # exists
+                    d += "/"
+                try:
+                    os.rename(src, dst)
+                except OSError:
+                    os.remove(dst)  # FAT does not rename over a file
+                    os.rename(src, dst)
+            elif line[0] == "D":
+                try:
+                    os.remove(rest)
+                except OSError:
+                    pass  # removed before the cut
+        f.close()
     for name in os.listdir(".deploy"):
         os.remove(".deploy/" + name)
     os.rmdir(".deploy")

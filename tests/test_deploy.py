@@ -274,7 +274,7 @@ def test_cut_mid_rename_boot_finishes_the_switch(blank: VirtualBoard, tmp_path: 
     send = [f for f in files if new[f.path] != old[f.path]]
     assert len(send) == 4
     with open_session(select_port(blank.port)) as s:
-        _stage(s, send, lambda done, total: None)
+        _stage(s, send, [], lambda done, total: None)
         _commit(s, send, [], limit=2)  # the plan is written, 2 of 4 renamed: a mix on flash
     assert on_flash(blank, list(old)) not in (old, new)
     blank.power_cut()
@@ -288,7 +288,7 @@ def test_staged_but_not_committed_is_dropped(blank: VirtualBoard, tmp_path: Path
         deploy(s)
         src = variant(tmp_path, "v2", version="0.2.0", modules=["agent"])
         send = [f for f in firmware_files(mpy_arch=ARCH, source=src) if f.path.endswith(".mpy")]
-        _stage(s, send, lambda done, total: None)
+        _stage(s, send, [], lambda done, total: None)
     assert (flash(blank) / ".deploy").is_dir()
     blank.power_cut()
     assert firmware_version(blank) == "0.1.0"

@@ -87,25 +87,32 @@ Progress = Callable[[int, int], None]
 # that the code parses, never formatted into the code.
 _APPLY = b"""import os,json
 def _dpa(limit):
- with open('.deploy/plan') as f:plan=json.load(f)
- for s,d in plan['put']:
-  if limit==0:return
-  limit-=1
-  s='.deploy/'+s
-  try:os.stat(s)
-  except OSError:continue
-  p=''
-  for q in d.split('/')[:-1]:
-   p+=q
-   try:os.mkdir(p)
+ f=open('.deploy/plan')
+ while True:
+  l=f.readline()
+  if not l:break
+  r=l[2:].rstrip('\\n')
+  if l[0]=='P':
+   if limit==0:
+    f.close();return
+   limit-=1
+   s,d=r.split(' ',1)
+   s='.deploy/'+s
+   try:os.stat(s)
+   except OSError:continue
+   p=''
+   for q in d.split('/')[:-1]:
+    p+=q
+    try:os.mkdir(p)
+    except OSError:pass
+    p+='/'
+   try:os.rename(s,d)
+   except OSError:
+    os.remove(d);os.rename(s,d)
+  elif l[0]=='D':
+   try:os.remove(r)
    except OSError:pass
-   p+='/'
-  try:os.rename(s,d)
-  except OSError:
-   os.remove(d);os.rename(s,d)
- for d in plan['del']:
-  try:os.remove(d)
-  except OSError:pass
+ f.close()
  _dpr()
 def _dpr():
  try:n=os.listdir('.deploy')
@@ -169,19 +176,10 @@ def _dpw(ops,data):
   i+=n
 """
 )
-_COMMIT = (
-    _APPLY
-    + b"""def _dpc(a):
- a=json.loads(a)
- bad=[n for n,h in a['check'] if _dph('.deploy/'+n)!=h]
- if bad:
-  _dpr();print(json.dumps(bad));return
- with open('.deploy/plan.tmp','w') as f:f.write(json.dumps(a['plan']))
- os.rename('.deploy/plan.tmp','.deploy/plan')
- _dpa(a['limit'])
- print('[]')
-"""
-)
+# Hash of every staged file, one line each: "<sha256>|- <name>".
+_VERIFY = _APPLY + b"for x in os.listdir('.deploy'):print(_dph('.deploy/'+x) or '-',x)\n" + _CLEAN
+# The switch point, then the renames (all, or the first `limit` for tests).
+_COMMIT = _APPLY + b"os.rename('.deploy/plan.tmp','.deploy/plan')\n_dpa(json.loads("
 
 
 class DeployError(IoconnectError):
@@ -327,16 +325,6 @@ def _arg(value: Any) -> bytes:
     return repr(json.dumps(value, separators=(",", ":")).encode()).encode()
 
 
-def _run_json(session: Session, code: bytes) -> Any:
-    out = session.exec(code, timeout_s=_OP_TIMEOUT_S)
-    try:
-        return json.loads(out)
-    except ValueError as exc:
-        raise DeployError(
-            f"{session.port}: unexpected answer from the board: {out[-80:]!r}"
-        ) from exc
-
-
 @dataclass
 class _Survey:
     pending: str | None
@@ -460,7 +448,7 @@ def deploy(
     if dry_run:
         result.seconds = time.monotonic() - start
         return result
-    _stage(session, send, report)
+    _stage(session, send, gone, report)
     _commit(session, send, gone, limit=-1)
     if reset:
         session.transport.enter_raw_repl(soft_reset=True, timeout_s=10.0 * session.scale)
@@ -493,16 +481,17 @@ Op = tuple[str, int, str]  # staged name, bytes, open mode
 
 
 def _batch(
-    send: list[FirmwareFile], cursor: tuple[int, int], size: int
+    items: list[tuple[str, bytes]], cursor: tuple[int, int], size: int
 ) -> tuple[list[Op], bytes, tuple[int, int]]:
-    """Up to ``size`` bytes from ``cursor`` (file index, offset) on: ops, data, next cursor."""
+    """Up to ``size`` bytes of (staged name, data) ``items`` from ``cursor`` (item, offset)
+    on: the ops, the data, the next cursor."""
     index, pos = cursor
     ops: list[Op] = []
     chunk = bytearray()
-    while index < len(send) and len(chunk) < size:
-        data = send[index].data
+    while index < len(items) and len(chunk) < size:
+        name, data = items[index]
         piece = data[pos : pos + size - len(chunk)]
-        ops.append((str(index), len(piece), "wb" if pos == 0 else "ab"))
+        ops.append((name, len(piece), "wb" if pos == 0 else "ab"))
         chunk += piece
         pos += len(piece)
         if pos >= len(data):  # an empty file still gets its one (empty) write
@@ -510,8 +499,9 @@ def _batch(
     return ops, bytes(chunk), (index, pos)
 
 
-def _stage(session: Session, send: list[FirmwareFile], report: Progress) -> None:
-    """Write ``send`` to ``.deploy/<index>``, several files per statement.
+def _stage(session: Session, send: list[FirmwareFile], gone: list[str], report: Progress) -> None:
+    """Write ``send`` to ``.deploy/<index>`` and the plan to ``.deploy/plan.tmp``,
+    several files per statement.
 
     A board whose heap has no room for a statement (MemoryError: the text and
     the decoded bytes each need one block) gets the same data in halves, down
@@ -519,10 +509,11 @@ def _stage(session: Session, send: list[FirmwareFile], report: Progress) -> None
     wrong file, which the hash check before the switch catches.
     """
     total = sum(len(f.data) for f in send)
+    staged = [(str(i), f.data) for i, f in enumerate(send)] + [("plan.tmp", _plan(send, gone))]
     session.exec(_SETUP, timeout_s=_OP_TIMEOUT_S)
     cursor, done, size = (0, 0), 0, _CHUNK
-    while cursor[0] < len(send):
-        ops, chunk, after = _batch(send, cursor, size)
+    while cursor[0] < len(staged):
+        ops, chunk, after = _batch(staged, cursor, size)
         try:
             session.exec(b"_dpw(" + _arg(ops) + b",b'" + base64.b64encode(chunk) + b"')")
         except TransportError:
@@ -543,7 +534,7 @@ def _stage(session: Session, send: list[FirmwareFile], report: Progress) -> None
                 hint="the old firmware is kept; free some flash?",
             ) from exc
         cursor = after
-        done += len(chunk)
+        done = min(total, done + len(chunk))
         report(done, total)
     session.exec(b"del _dpw,_dpr", timeout_s=_OP_TIMEOUT_S)
 
@@ -561,17 +552,27 @@ def _drop(session: Session) -> None:
         session.exec(_APPLY + b"_dpr()" + _CLEAN, timeout_s=_OP_TIMEOUT_S)
 
 
+def _plan(send: list[FirmwareFile], gone: list[str]) -> bytes:
+    # One line per step, read line by line on the board (boot.py reads it too):
+    # "P <staged name> <path>" renames, in order (the manifest last); "D <path>" deletes.
+    lines = [f"P {i} {f.path}\n" for i, f in enumerate(send)] + [f"D {p}\n" for p in gone]
+    return "".join(lines).encode()
+
+
 def _commit(session: Session, send: list[FirmwareFile], gone: list[str], *, limit: int) -> None:
-    """Check the staged files, write the plan (the switch point), apply ``limit`` renames."""
-    plan = {"put": [[str(i), f.path] for i, f in enumerate(send)], "del": gone}
-    check = [[str(i), _sha(f.data)] for i, f in enumerate(send)]
-    bad = _run_json(
-        session,
-        _COMMIT + b"_dpc(" + _arg({"check": check, "plan": plan, "limit": limit}) + b")"
-        + _CLEAN + b"del _dpc\n",
-    )  # fmt: skip
-    if bad:
-        names = ", ".join(send[int(i)].path for i in bad)
+    """Check every staged file, then switch (rename the plan) and apply ``limit`` renames."""
+    want = {str(i): _sha(f.data) for i, f in enumerate(send)}
+    want["plan.tmp"] = _sha(_plan(send, gone))
+    out = session.exec(_VERIFY, timeout_s=_OP_TIMEOUT_S).decode(errors="replace")
+    got: dict[str, str] = {}
+    for line in out.splitlines():
+        sha, _, name = line.partition(" ")
+        got[name] = sha
+    bad = sorted(name for name in want if got.get(name) != want[name])
+    if bad or got.keys() != want.keys():
+        _drop(session)
+        names = ", ".join(send[int(n)].path if n.isdigit() else n for n in bad) or "extra files"
         raise DeployError(
             f"{session.port}: arrived damaged: {names}", hint="the old firmware is kept; try again"
         )
+    session.exec(_COMMIT + _arg(limit) + b"))" + _CLEAN, timeout_s=_OP_TIMEOUT_S)
