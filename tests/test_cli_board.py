@@ -257,7 +257,9 @@ def test_config_get_set_and_bad_values(
 def test_missing_firmware_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with start_board("rpi-pico", name="cli-bare", state_dir=tmp_path) as vb:
         shutil.move(vb.config.flash_dir / "ioconnect", tmp_path / "ioconnect.off")
-        code, _, err = run(capsys, "provision", "--port", vb.port, "--project-id", "1")
+        code, _, err = run(
+            capsys, "provision", "--port", vb.port, "--project-id", "1", "--no-deploy"
+        )
         assert code == 1
         line = one_error_line(err)
         assert line.startswith(f"{vb.port}: the ioconnect firmware is missing on this board")

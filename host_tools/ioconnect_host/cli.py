@@ -22,6 +22,7 @@ from typing import NoReturn
 from . import __version__
 from .cli_board import add_board_commands
 from .cli_demo import add_demo_command
+from .cli_deploy import add_deploy_command
 from .cli_relay import add_relay_commands
 from .cli_sim import add_sim_commands
 from .errors import IoconnectError, UsageError
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_command(sub)
     add_relay_commands(sub)
     add_board_commands(sub)
+    add_deploy_command(sub)
     return parser
 
 

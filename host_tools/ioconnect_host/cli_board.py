@@ -19,6 +19,7 @@ from typing import Any, TypeAlias
 
 from . import verify
 from .agent import AgentError
+from .deploy import install_firmware
 from .errors import IoconnectError
 from .inventory import Inventory, InventoryError
 from .ports import PORT_ENV, list_ports, probe, select_port
@@ -294,7 +295,13 @@ def _provision(args: argparse.Namespace) -> int:
 
     inventory = Inventory(args.inventory)
     with _board(args) as board:
-        result = provision(board, opts, inventory=inventory, progress=progress)
+        result = provision(
+            board,
+            opts,
+            inventory=inventory,
+            progress=progress,
+            deploy=None if args.no_deploy else install_firmware,
+        )
     out = args.out or default_bundle_path(result.bundle)
     write_bundle(result.bundle, out)
     summary = {
@@ -465,6 +472,9 @@ def _add_provision(sub: Sub) -> None:
     p.add_argument("--registry", help="ioIDRegistry address (default: the chain's)")
     p.add_argument("--out", type=Path, help="bundle file (default: ./<address>.json)")
     p.add_argument("--inventory", type=Path, help="inventory file (default: ~/.ioconnect)")
+    p.add_argument(
+        "--no-deploy", action="store_true", help="fail on a board without firmware, do not deploy"
+    )
     p.set_defaults(handler=_provision)
 
 

@@ -356,8 +356,9 @@ def provision(
         session: the open board.
         opts: what to provision.
         inventory: where to record the device (None: do not record).
-        deploy: installs the firmware when it is missing (the hook for a later
-            ``deploy`` command); None: a missing firmware is an error.
+        deploy: installs the firmware when it is missing or speaks another agent
+            API (``ioconnect provision`` passes
+            :func:`ioconnect_host.deploy.install_firmware`); None: that is an error.
         progress: called with a short description before each step.
 
     Returns:
@@ -376,7 +377,8 @@ def provision(
     except FirmwareMissingError:
         if deploy is None:
             raise
-        deploy(session)  # hook: a later `deploy` installs the firmware, then we go on
+        step("deploying the firmware")
+        deploy(session)  # the hook installs the firmware (and resets the board), then on
         info = session.info()
     board = _pick_board(session, info, opts)
     step("identity")

@@ -156,6 +156,7 @@ def start_board(
     state_dir: Path | None = None,
     seed: int = 0,
     heap: str | None = None,
+    install_firmware: bool = True,
 ) -> VirtualBoard:
     """Power on a virtual ``board`` (a name from boards/, e.g. ``"esp32"``).
 
@@ -165,6 +166,8 @@ def start_board(
         state_dir: folder for flash and logs (default ``~/.ioconnect/sims/<name>``).
         seed: seed of the board's sensor signals and unique id.
         heap: heap override (default: the board's budget).
+        install_firmware: put the firmware on a blank flash (False: a blank board,
+            as from the factory, for ``ioconnect deploy``).
 
     Returns:
         The started board; ``.port`` is its serial port.
@@ -189,7 +192,8 @@ def start_board(
         preload=spec.sim_preload(),
         vm_cache=home() / "cache" / f"vmlib-{host_mpy_arch()}",
     )
-    _install_firmware_if_blank(config.flash_dir)
+    if install_firmware:
+        _install_firmware_if_blank(config.flash_dir)
     vb = VirtualBoard(config)
     vb.start()
     # Listed and stoppable from any process (`sim list`, `sim stop`) like a detached one.

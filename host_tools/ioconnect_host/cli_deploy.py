@@ -1,0 +1,128 @@
+"""The ``deploy`` command: sync the firmware onto a board (see :mod:`.deploy`).
+
+Kept apart from the other commands so that it imports only what a deploy needs,
+and also runnable without the full CLI (:func:`run_deploy`, used by
+:mod:`.launcher`): a no-change deploy takes about 30 ms, importing every command
+group about 200 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypeAlias
+
+from .errors import IoconnectError
+
+if TYPE_CHECKING:
+    from .deploy import DeployResult
+
+__all__ = ["add_deploy_command", "run_deploy"]
+
+_HELP = "put the firmware on a board: send only changed files, switch atomically"
+
+Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _bar(done: int, total: int) -> None:
+    width = 30
+    filled = width * done // total if total else width
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} bytes")
+    if done >= total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from .deploy import deploy
+    from .ports import select_port
+    from .session import open_session
+
+    draw = sys.stderr.isatty() and not args.json
+    with open_session(select_port(args.port)) as board:
+        result = deploy(
+            board,
+            mpy=args.mpy,
+            delete=args.delete,
+            dry_run=args.dry_run,
+            reset=args.reset,
+            progress=_bar if draw else None,
+        )
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        _summary(result)
+    return 0
+
+
+def _summary(r: DeployResult) -> None:
+    verb = "would send" if r.dry_run else "sent"
+    print(
+        f"{verb} {len(r.files_sent)} files ({r.bytes_sent} bytes), skipped "
+        f"{len(r.files_skipped)}, {'would delete' if r.dry_run else 'deleted'} "
+        f"{len(r.files_deleted)}, in {r.seconds:.2f} s"
+    )
+    for path in r.files_sent:
+        print(f"  + {path}")
+    for path in r.files_deleted:
+        print(f"  - {path}")
+    if r.pending:
+        print(f"(an interrupted deploy was {r.pending} first)")
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-p",
+        "--port",
+        help="serial path, socket://, rfc2217://, sim:NAME, id:USB-SERIAL, a DID, or auto "
+        "(default: $IOCONNECT_PORT, else auto)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--mpy",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compile modules to .mpy for the board (default) or send sources",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only say what would change")
+    p.add_argument(
+        "--delete",
+        action="store_true",
+        help="remove files an earlier deploy put there and we no longer ship "
+        "(never files it did not put there)",
+    )
+    p.add_argument(
+        "--no-reset",
+        dest="reset",
+        action="store_false",
+        help="do not soft-reset the board after a change",
+    )
+    p.set_defaults(handler=_deploy)
+
+
+def add_deploy_command(sub: Sub) -> None:
+    """Register ``deploy`` on the top-level parser's subcommands."""
+    _arguments(sub.add_parser("deploy", help=_HELP, description=_HELP))
+
+
+def run_deploy(argv: Sequence[str]) -> int:
+    """``ioconnect deploy ARGV`` without loading the other commands; the exit status.
+
+    Faults become one stderr line and exit status, as :func:`ioconnect_host.cli.main`
+    makes them.
+    """
+    parser = argparse.ArgumentParser(prog="ioconnect deploy", description=_HELP)
+    _arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, usage errors
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return _deploy(args)
+    except IoconnectError as err:
+        # As cli.main: one line (a multi-line hint is a VM traceback: message only).
+        text = str(err) if err.hint is None or "\n" not in err.hint else str(err.args[0])
+        print(f"ioconnect: error: {text}", file=sys.stderr)
+        return err.exit_code
