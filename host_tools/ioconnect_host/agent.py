@@ -24,7 +24,10 @@ from .transport import TransportError
 __all__ = [
     "API_VERSION",
     "AgentError",
+    "AckStatus",
     "Curve",
+    "ack",
+    "attest",
     "answer_result",
     "call",
     "config_get",
@@ -34,6 +37,7 @@ __all__ = [
     "identity_rotate",
     "identity_show",
     "info",
+    "parse_events",
     "parse_frame",
     "sign",
 ]
@@ -216,6 +220,68 @@ def config_get(board: Board, key: str | None = None) -> Any:
     return call(board, "config.get", key=key)
 
 
-def config_set(board: Board, key: str, value: str | int | None) -> Any:
+def config_set(board: Board, key: str, value: str | int | list[str] | None) -> Any:
     """Set (or with None, remove) one validated setting."""
     return call(board, "config.set", key=key, value=value)
+
+
+AckStatus = Literal["accepted", "rejected"]
+
+
+def attest(board: Board, *, cose: bool | None = None) -> dict[str, Any]:
+    """Take one reading now and sign it as the device's loop would (debugging).
+
+    The nonce comes from the device's own nonce store, so it is never used
+    again; the request is returned and NOT queued in the outbox.
+
+    Args:
+        cose: also (True) or never (False) make a COSE_Sign1 token; None: as
+            the device's ``attest.cose`` setting says.
+
+    Returns:
+        ``nonce``, ``payload`` (the JSON the device signed), ``request`` (the
+        POST /v1/task body) and, with COSE, ``cose`` (hex).
+
+    Example:
+        >>> attest(board)["request"]
+        '{"nonce":33,"projectID":"42","payload":{"timestamp":...},"signature":"0x..."}'
+    """
+    extra: dict[str, Any] = {} if cose is None else {"cose": cose}
+    result: dict[str, Any] = call(board, "attest", **extra)
+    return result
+
+
+def ack(
+    board: Board, nonce: int, status: AckStatus, *, task_id: str = "", reason: str = ""
+) -> dict[str, Any]:
+    """Acknowledge a message taken from the console: the device drops it from its outbox.
+
+    Returns:
+        ``nonce``, ``removed`` (False if it was not queued) and ``pending`` (messages left).
+    """
+    result: dict[str, Any] = call(
+        board, "ack", nonce=nonce, status=status, taskID=task_id, reason=reason
+    )
+    return result
+
+
+def parse_events(output: bytes) -> list[dict[str, Any]]:
+    """Every intact event frame (``{"event": ...}``) the device's loop printed, in order.
+
+    The serial fallback of the attestation loop prints ``task`` events (one
+    signed request each, ``nonce`` and ``body``) and ``started``/``halted``/
+    ``error`` events; damaged frames and other output are skipped.
+    """
+    events = []
+    for m in _FRAME.finditer(output):
+        length, crc = int(m.group(1)), int(m.group(2), 16)
+        body = output[m.end() : m.end() + length]
+        if len(body) != length or zlib.crc32(body) != crc:
+            continue
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and "event" in obj:
+            events.append(obj)
+    return events

@@ -1,0 +1,245 @@
+# The device's main loop: every sample.interval_s, read the sensors, take the
+# next nonce, sign the reading (ioconnect.attest) and queue it in the outbox;
+# then deliver. Delivery is MQTT (ioconnect.deliver, imported only when
+# mqtt.host is set and the board has Wi-Fi) or, without a network, the serial
+# fallback: each pending message is printed on the console as an agent frame
+#     \x1eIOC1 <len> <crc32> {"event": "task", "nonce": N, "body": "<request>"}
+# and the host acknowledges it through the agent's `ack` op (see agent.py).
+#
+# Started by main.py once the device is provisioned (identity + project id).
+# Ctrl-C stops it into the REPL. A sensor fault is a field of the message; a
+# nonce store that cannot write stops signing (reported every cycle, the loop
+# keeps feeding the watchdog and delivering); nothing here ends in a reboot
+# loop. The outbox and the nonce mark live in flash, so deep sleep and power
+# cuts lose neither.
+import binascii
+import gc
+import json
+import sys
+import time
+
+from micropython import const
+
+_RESEND = const(3)  # older unacknowledged messages re-sent per cycle (serial)
+_RP2_WDT_MAX_MS = const(8388)  # rp2 hardware limit
+_WIFI_TIMEOUT_MS = const(15000)
+_MQTT_PORT = const(1883)
+
+
+class AppError(ValueError):
+    pass
+
+
+def emit(obj):
+    # One agent frame on the console (the format of ioconnect.agent).
+    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout
+    body = json.dumps(obj).encode()
+    head = "\x1eIOC1 %d %08x " % (len(body), binascii.crc32(body) & 0xFFFFFFFF)
+    out.write(head.encode())
+    out.write(body)
+    out.write(b"\n")
+
+
+def provisioned(key_path="identity.key"):
+    # An identity and a project: what the loop needs to sign anything.
+    import os
+
+    from ioconnect import config
+
+    try:
+        os.stat(key_path)
+    except OSError:
+        return False
+    try:
+        return bool(config.value("w3bstream.project_id"))
+    except ValueError:
+        return False
+
+
+class Loop:
+    def __init__(self, attestor, nonces, outbox, cfg, delivery=None, cose_outbox=None):
+        self.attestor = attestor
+        self.nonces = nonces
+        self.outbox = outbox
+        self.cose_outbox = cose_outbox
+        self.delivery = delivery
+        self.interval_ms = cfg.get("sample.interval_s", 60) * 1000
+        self.deep_sleep = cfg.get("sample.deep_sleep", 0) == 1
+        self.halted = None  # why signing stopped (a nonce store fault), or None
+        self.cycles = 0
+        self.wdt = None
+        self.feed_ms = self.interval_ms
+        wd_ms = cfg.get("watchdog_s", 0) * 1000
+        if wd_ms:
+            if sys.platform == "rp2" and wd_ms > _RP2_WDT_MAX_MS:
+                wd_ms = _RP2_WDT_MAX_MS
+            import machine
+
+            self.wdt = machine.WDT(timeout=wd_ms)
+            self.feed_ms = wd_ms // 2
+        # Time split of the last cycle (us): read, sign, store.
+        self.last_us = (0, 0, 0)
+
+    def feed(self):
+        if self.wdt is not None:
+            self.wdt.feed()
+
+    def cycle(self):
+        # One reading: read, nonce, sign, store, deliver. Never raises for a
+        # sensor, signing or storage fault; each becomes an event.
+        t0 = time.ticks_us()
+        readings = self.attestor.read()
+        t1 = time.ticks_us()
+        fresh = 0
+        t2 = t3 = t1
+        if self.halted is None:
+            from ioconnect.nonce import NonceError
+
+            try:
+                fresh = self.nonces.next()
+            except NonceError as e:
+                self.halted = "nonce store: %s" % e
+        if fresh:
+            data, body, token = self.attestor.sign(fresh, readings)
+            t2 = time.ticks_us()
+            data = None
+            try:
+                self.outbox.put(fresh, body)
+                if token is not None and self.cose_outbox is not None:
+                    self.cose_outbox.put(fresh, token)
+            except (OSError, ValueError) as e:
+                emit({"event": "error", "reason": "outbox: %s" % e, "nonce": fresh})
+                fresh = 0
+            t3 = time.ticks_us()
+            body = token = None
+        if self.halted is not None:
+            emit({"event": "halted", "reason": self.halted})
+        self.last_us = (time.ticks_diff(t1, t0), time.ticks_diff(t2, t1), time.ticks_diff(t3, t2))
+        self.cycles += 1
+        self.feed()
+        return fresh
+
+    def send_serial(self, fresh):
+        # The fresh message, then the oldest few still unacknowledged.
+        resend = _RESEND
+        for n in self.outbox.pending():
+            if n != fresh:
+                if not resend:
+                    continue
+                resend -= 1
+            self._send_one(n)
+
+    def _send_one(self, n):
+        try:
+            msg = {"event": "task", "nonce": n, "body": self.outbox.get(n).decode()}
+            if self.cose_outbox is not None:
+                try:
+                    msg["cose"] = binascii.hexlify(self.cose_outbox.get(n)).decode()
+                except (OSError, ValueError):
+                    pass  # signed before attest.cose was set
+        except (OSError, ValueError) as e:
+            emit({"event": "error", "reason": "outbox: %s" % e, "nonce": n})
+            return
+        emit(msg)
+
+    def wait(self, start_ms):
+        # Until the next reading: feed the watchdog, let MQTT run.
+        deadline = time.ticks_add(start_ms, self.interval_ms)
+        while True:
+            left = time.ticks_diff(deadline, time.ticks_ms())
+            if left <= 0:
+                return
+            step = left if left < self.feed_ms else self.feed_ms
+            if self.delivery is not None:
+                self.delivery.step(step)
+            else:
+                time.sleep_ms(step)
+            self.feed()
+
+    def run(self, cycles=0):
+        while not cycles or self.cycles < cycles:
+            start = time.ticks_ms()
+            try:
+                fresh = self.cycle()
+                if self.delivery is None:
+                    self.send_serial(fresh)
+            except MemoryError:
+                gc.collect()
+                emit({"event": "error", "reason": "out of memory"})
+            except Exception as e:  # a bug must not turn into a reboot loop
+                emit({"event": "error", "reason": "%s: %s" % (type(e).__name__, e)})
+            gc.collect()
+            if cycles and self.cycles >= cycles:
+                return
+            if self.deep_sleep:
+                if self.delivery is not None:
+                    self.delivery.step(1000)  # flush what was queued before sleeping
+                import machine
+
+                machine.deepsleep(self.interval_ms)
+            self.wait(start)
+
+
+def _delivery(cfg, outbox, key):
+    # MQTT when configured and the board has Wi-Fi; None means serial.
+    host = cfg.get("mqtt.host")
+    if not host:
+        return None
+    try:
+        import network  # noqa: F401  (boards without a radio have none)
+    except ImportError:
+        return None
+    from ioconnect import did, net
+
+    if net.wifi_up(cfg.get("wifi.ssid", ""), cfg.get("wifi.password", ""), _WIFI_TIMEOUT_MS):
+        try:
+            import ntptime
+
+            ntptime.settime()  # the RTC in UTC: timestamps become real
+        except (ImportError, OSError):
+            pass  # no NTP: the payload says "clock": "unset" until it is set
+    from ioconnect.deliver import Delivery
+
+    address = did.eth_address(key.public_key())
+    base = "ioconnect/%s/%s/" % (cfg["w3bstream.project_id"], address)
+    return Delivery(
+        outbox,
+        client_id=address,
+        host=host,
+        port=cfg.get("mqtt.port", _MQTT_PORT),
+        tasks_topic=cfg.get("mqtt.topic") or base + "tasks",
+        acks_topic=base + "acks",
+    )
+
+
+def build(key_path="identity.key"):
+    # Everything the loop needs, from flash: key, settings, board file.
+    from ioconnect import attest, config, keys, sensors
+    from ioconnect.nonce import NonceStore
+    from ioconnect.outbox import Outbox
+
+    key = keys.KeyStore(key_path).load()
+    cfg = config.load()
+    settings = attest.Settings(cfg)
+    board = sensors.load_board()
+    attestor = attest.Attestor(key, settings, sensors.Sensors(board))
+    outbox = Outbox()
+    delivery = _delivery(cfg, outbox, key)
+    cose_outbox = Outbox("outbox.cose") if settings.cose and delivery is None else None
+    return Loop(attestor, NonceStore(), outbox, cfg, delivery, cose_outbox)
+
+
+def run(cycles=0):
+    # main.py's entry point. Returns on Ctrl-C, or at once when not provisioned.
+    try:
+        loop = build()
+    except KeyboardInterrupt:
+        return
+    except (ValueError, OSError, ImportError) as e:
+        emit({"event": "stopped", "reason": str(e)})
+        return
+    emit({"event": "started", "interval_s": loop.interval_ms // 1000, "serial": loop.delivery is None})
+    try:
+        loop.run(cycles)
+    except KeyboardInterrupt:
+        print("ioconnect: attestation loop stopped (Ctrl-C)")
