@@ -1,7 +1,7 @@
 # Device entry point. Says who the device is; host tools then work through the
 # agent over the raw REPL (ioconnect.agent), which loads only when called.
-# A provisioned device (identity + w3bstream.project_id) then runs the
-# attestation loop (ioconnect.app) until Ctrl-C, which leaves it in the REPL.
+# A provisioned device then runs the attestation loop (ioconnect.start, .app)
+# until Ctrl-C, which leaves it in the REPL.
 import gc
 import sys
 
@@ -22,30 +22,18 @@ def _hello():
     print("ioconnect", VERSION, "identity:", who)
 
 
-def _attest():
-    from ioconnect import app
-
-    if app.provisioned():
-        gc.collect()
-        app.run()
-
-
+try:
+    _hello()
+except Exception as e:  # a broken identity must not keep the REPL from the user
+    print("ioconnect: startup failed:", e)
 from ioconnect import forget
 
+forget(_keep | {"ioconnect"})
 try:
-    try:
-        _hello()
-    except Exception as e:  # a broken identity must not keep the REPL from the user
-        print("ioconnect: startup failed:", e)
-    forget(_keep | {"ioconnect"})
-    gc.collect()
-    _attest()
-except KeyboardInterrupt:
-    pass  # a host took the console (Ctrl-C): the REPL is next
+    __import__("ioconnect.start").start.main()
 except Exception as e:  # never a traceback loop at boot: the REPL stays reachable
     print("ioconnect: attestation loop failed:", e)
 finally:
-    # Whatever was interrupted, the REPL gets the RAM back.
     forget(_keep | {"ioconnect"})
-del _keep, _hello, _attest, forget
+del _keep, _hello, forget
 gc.collect()

@@ -211,20 +211,6 @@ def op_config_set(req):
     return config.put(_arg(req, "key", str), req.get("value"))
 
 
-def op_attest(req):
-    # Code in attest_ops, loaded only for this op: agent.py itself is loaded
-    # for every request, and identity.create has little RAM to spare.
-    from ioconnect import attest_ops
-
-    return attest_ops.attest(req)
-
-
-def op_ack(req):
-    from ioconnect import attest_ops
-
-    return attest_ops.ack(req)
-
-
 _OPS = {
     "info": op_info,
     "identity.create": op_identity_create,
@@ -234,8 +220,9 @@ _OPS = {
     "sign": op_sign,
     "config.get": op_config_get,
     "config.set": op_config_set,
-    "attest": op_attest,
-    "ack": op_ack,
+    # Attestation ops live in attest_ops, loaded only when called.
+    "attest": lambda req: __import__("ioconnect.attest_ops").attest_ops.attest(req),
+    "ack": lambda req: __import__("ioconnect.attest_ops").attest_ops.ack(req),
 }
 
 
