@@ -1,7 +1,7 @@
 # Device entry point. Says who the device is; host tools then work through the
 # agent over the raw REPL (ioconnect.agent), which loads only when called.
-# A provisioned device then runs the attestation loop (ioconnect.start, .app)
-# until Ctrl-C, which leaves it in the REPL.
+# A provisioned device (identity + w3bstream.project_id) runs the attestation
+# loop instead (ioconnect.start, .app) until Ctrl-C, which leaves it in the REPL.
 import gc
 import sys
 
@@ -22,18 +22,33 @@ def _hello():
     print("ioconnect", VERSION, "identity:", who)
 
 
-try:
-    _hello()
-except Exception as e:  # a broken identity must not keep the REPL from the user
-    print("ioconnect: startup failed:", e)
+def _boot():
+    # A provisioned board goes straight to the attestation loop: it needs the
+    # heap whole (the identity line would load, and leave scattered, the DID
+    # code first). Otherwise: say who the device is, and wait for the host.
+    start = __import__("ioconnect.start").start
+    if start.provisioned():
+        from ioconnect import VERSION
+
+        print("ioconnect", VERSION, "attesting (Ctrl-C for the REPL)")
+        start.main()
+        return
+    start = None
+    try:
+        _hello()
+    except Exception as e:  # a broken identity must not keep the REPL from the user
+        print("ioconnect: startup failed:", e)
+
+
 from ioconnect import forget
 
-forget(_keep | {"ioconnect"})
 try:
-    __import__("ioconnect.start").start.main()
+    _boot()
+except KeyboardInterrupt:
+    pass  # a host took the console: the REPL is next
 except Exception as e:  # never a traceback loop at boot: the REPL stays reachable
     print("ioconnect: attestation loop failed:", e)
 finally:
     forget(_keep | {"ioconnect"})
-del _keep, _hello, forget
+del _keep, _hello, _boot, forget
 gc.collect()

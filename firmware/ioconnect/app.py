@@ -40,22 +40,6 @@ def emit(obj):
     out.write(b"\n")
 
 
-def provisioned(key_path="identity.key"):
-    # An identity and a project: what the loop needs to sign anything.
-    import os
-
-    from ioconnect import config
-
-    try:
-        os.stat(key_path)
-    except OSError:
-        return False
-    try:
-        return bool(config.value("w3bstream.project_id"))
-    except ValueError:
-        return False
-
-
 class Loop:
     def __init__(self, attestor, nonces, outbox, cfg, delivery=None, cose_outbox=None):
         self.attestor = attestor
@@ -165,7 +149,7 @@ class Loop:
                     self.send_serial(fresh)
             except MemoryError:
                 gc.collect()
-                emit({"event": "error", "reason": "out of memory"})
+                emit({"event": "error", "reason": "out of memory", "free_heap": gc.mem_free()})
             except Exception as e:  # a bug must not turn into a reboot loop
                 emit({"event": "error", "reason": "%s: %s" % (type(e).__name__, e)})
             gc.collect()
@@ -214,12 +198,16 @@ def _delivery(cfg, outbox, key):
 
 def build(key_path="identity.key"):
     # Everything the loop needs, from flash: key, settings, board file.
-    from ioconnect import attest, config, keys, sensors
+    from ioconnect import attest, forget, keys, sensors
     from ioconnect.nonce import NonceStore
     from ioconnect.outbox import Outbox
 
     key = keys.KeyStore(key_path).load()
+    keep = set(sys.modules)
+    from ioconnect import config
+
     cfg = config.load()
+    forget(keep)  # settings are read once: the schema need not stay in RAM
     settings = attest.Settings(cfg)
     board = sensors.load_board()
     attestor = attest.Attestor(key, settings, sensors.Sensors(board))

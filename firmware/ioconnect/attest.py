@@ -14,8 +14,6 @@ import time
 
 from micropython import const
 
-from ioconnect import config
-
 _UNIX_2000 = const(946684800)  # 2000-01-01 in unix seconds: some ports count from there
 _CLOCK_SET_AFTER = const(1735689600)  # 2025-01-01: an RTC before that was never set
 
@@ -60,8 +58,10 @@ class Settings:
         self.cose = cfg.get("attest.cose", 0) == 1
 
     @staticmethod
-    def load(path=config.PATH):
-        return Settings(config.load(path))
+    def load():
+        from ioconnect import config
+
+        return Settings(config.load())
 
 
 class Attestor:

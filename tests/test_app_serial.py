@@ -1,0 +1,237 @@
+"""The attestation loop on a provisioned virtual Pico (no network): the serial
+fallback.
+
+The board's flash gets what provisioning writes (an identity made by the device
+code, config.json, board.json); it boots main.py into the loop, which prints one
+framed task per interval on the console. The host reads the frames from the
+pty, checks each signature with coincurve, and acknowledges through the agent
+(after Ctrl-C took the console), which empties the outbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import coincurve
+import pytest
+from Crypto.Hash import keccak
+from ioconnect_host import agent
+from ioconnect_host.boards import board_json
+from ioconnect_host.identity import new_identity
+from ioconnect_host.transport import SerialTransport
+from ioconnect_sim.launch import start_board
+from ioconnect_sim.supervisor import VirtualBoard
+
+PROJECT = "42"
+
+
+def k256(data: bytes) -> bytes:
+    return keccak.new(digest_bits=256, data=data).digest()
+
+
+def provision(
+    flash: Path, board: str, settings: dict[str, Any] | None = None
+) -> str:
+    """Write identity, settings and board file into a board's flash; returns its address."""
+    flash.mkdir(parents=True, exist_ok=True)
+    ident = new_identity(flash, "secp256k1")  # made by the device code on MicroPython
+    (flash / "board.json").write_bytes(board_json(board))
+    cfg = {"w3bstream.project_id": PROJECT, "sample.interval_s": 1, **(settings or {})}
+    (flash / "config.json").write_text(json.dumps(cfg))
+    assert ident.address is not None
+    return ident.address
+
+
+def go_json(body: dict[str, Any], payload_raw: str) -> bytes:
+    """What W3bstream hashes for a task whose payload is a JSON object, made
+    here with the stdlib: compact JSON, payload kept as the device sent it
+    (its own compaction is checked against Go in test_attest)."""
+    head = json.dumps(
+        {"nonce": body["nonce"], "projectID": body["projectID"]}, separators=(",", ":")
+    )
+    return (head[:-1] + ',"payload":' + payload_raw + "}").encode()
+
+
+def signer(body_text: str) -> set[str]:
+    """Addresses that signed a /v1/task body (both recovery ids, as the server tries)."""
+    body = json.loads(body_text)
+    raw = body_text[body_text.index('"payload":') + 10 : body_text.rindex(',"signature"')]
+    digest = hashlib.sha256(go_json(body, raw)).digest()
+    sig = bytes.fromhex(body["signature"][2:])
+    out = set()
+    for v in (0, 1):
+        pub = coincurve.PublicKey.from_signature_and_message(sig + bytes([v]), digest, hasher=None)
+        out.add("0x" + k256(pub.format(False)[1:])[-20:].hex())
+    return out
+
+
+class Console:
+    """The board's serial port, read as the host relay reads it."""
+
+    def __init__(self, vb: VirtualBoard) -> None:
+        self.vb = vb
+        self.t = SerialTransport(vb.port)
+        self.seen = b""
+
+    def events(self, kind: str, count: int, timeout_s: float = 20.0) -> list[dict[str, Any]]:
+        """Read until ``count`` new events of ``kind`` arrived; returns them."""
+        start = len(agent.parse_events(self.seen))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            got = [e for e in agent.parse_events(self.seen)[start:] if e["event"] == kind]
+            if len(got) >= count:
+                return got
+            assert time.monotonic() < deadline, (
+                f"{count} {kind!r} events expected; console: {self.seen[-800:]!r}"
+            )
+            self.seen += self.t._serial.read(4096)
+
+    def tasks(self, count: int, exclude: set[int] | None = None) -> list[dict[str, Any]]:
+        """The first ``count`` distinct tasks read from now on whose nonce is not in
+        ``exclude`` (unacknowledged messages are re-sent, so nonces repeat)."""
+        self.seen = b""
+        skip = set(exclude or ())
+        deadline = time.monotonic() + 20.0
+        while True:
+            out: dict[int, dict[str, Any]] = {}
+            for e in agent.parse_events(self.seen):
+                if e["event"] == "task" and e["nonce"] not in skip:
+                    out.setdefault(e["nonce"], e)
+            if len(out) >= count:
+                return [out[n] for n in sorted(out)][:count]
+            assert time.monotonic() < deadline, (
+                f"{count} new tasks expected; console: {self.seen[-800:]!r}"
+            )
+            self.seen += self.t._serial.read(4096)
+
+    def close(self) -> None:
+        self.t.close()
+
+
+@pytest.fixture
+def pico(tmp_path: Path) -> Iterator[tuple[VirtualBoard, Console, str]]:
+    state = tmp_path / "pico"
+    address = provision(state / "flash", "rpi-pico")
+    vb = start_board("rpi-pico", name=f"app-{tmp_path.name}"[:30], state_dir=state)
+    con = Console(vb)
+    try:
+        yield vb, con, address
+    finally:
+        con.close()
+        vb.stop()
+
+
+def test_loop_emits_signed_tasks_and_acks_empty_the_outbox(
+    pico: tuple[VirtualBoard, Console, str],
+) -> None:
+    vb, con, address = pico
+    tasks = con.tasks(3)
+    nonces = [e["nonce"] for e in tasks]
+    assert nonces[0] >= 1 and nonces == sorted(nonces)
+    for e in tasks:
+        body = json.loads(e["body"])
+        assert body["nonce"] == e["nonce"] and body["projectID"] == PROJECT
+        assert address in signer(e["body"])
+        payload = body["payload"]
+        assert set(payload) == {"timestamp", "temperature", "adc", "climate"}
+        assert abs(payload["timestamp"] - time.time()) < 30
+        assert 10 <= payload["climate"]["temp_c"] <= 35 and 0 <= payload["climate"]["rh"] <= 100
+        assert 15 <= payload["temperature"]["temp_c"] <= 40
+        assert sorted(payload["adc"]) == ["26", "27", "28", "29"]
+    # Unacknowledged messages are sent again (oldest first) with later ones,
+    # byte for byte.
+    con.seen = b""
+    resent = con.events("task", 2)
+    assert resent[0]["nonce"] == nonces[0] and resent[0]["body"] == tasks[0]["body"]
+
+    # Ctrl-C gives the host the REPL; the agent acknowledges what it read.
+    t = con.t
+    t.enter_raw_repl()
+    assert agent.info(t)["identity"]["state"] == "ok"
+    seen = sorted({e["nonce"] for e in agent.parse_events(con.seen) if e["event"] == "task"})
+    left = None
+    for n in seen:
+        out = agent.ack(t, n, "accepted", task_id="0x" + "ab" * 32)
+        assert out["nonce"] == n and out["removed"] is True
+        left = out["pending"]
+    assert left is not None
+    again = agent.ack(t, seen[0], "rejected", reason="duplicate")
+    assert again["removed"] is False
+    assert again["pending"] == left
+    # Whatever the loop queued after the host's last read is still there.
+    listing = t.exec("import os\nprint(sorted(int(n) for n in os.listdir('outbox') if n.isdigit()))")
+    pending = json.loads(listing)
+    assert len(pending) == left and all(n > seen[-1] for n in pending)
+    for n in pending:
+        agent.ack(t, n, "accepted")
+    assert json.loads(t.exec("import os\nprint(len(os.listdir('outbox')))")) == 0
+    with pytest.raises(agent.AgentError) as err:
+        agent.ack(t, 1, "maybe")  # type: ignore[arg-type]
+    assert err.value.code == "bad_request"
+
+
+def test_sensor_fault_is_a_field_and_the_loop_goes_on(
+    pico: tuple[VirtualBoard, Console, str],
+) -> None:
+    vb, con, address = pico
+    first = con.tasks(1)[0]
+    vb.set_fault(sensors={"climate": "fail", "temperature": "fail"})
+    failed = con.tasks(2, exclude={first["nonce"]})[-1]  # past one signed before the fault
+    payload = json.loads(failed["body"])["payload"]
+    assert payload["climate"] == {"error": "eio"}
+    assert payload["temperature"] == {"error": "eio"}
+    assert address in signer(failed["body"])
+    vb.set_fault(sensors={})
+    healed = con.tasks(2, exclude=set(range(failed["nonce"] + 1)))[-1]
+    assert "temp_c" in json.loads(healed["body"])["payload"]["climate"]
+    assert healed["nonce"] > failed["nonce"]
+
+
+def test_power_cuts_never_reuse_a_nonce(pico: tuple[VirtualBoard, Console, str]) -> None:
+    vb, con, address = pico
+    before = {e["nonce"]: e["body"] for e in con.tasks(2)}
+    for _ in range(3):
+        vb.power_cut()
+        fresh = con.tasks(1, exclude=set(before))[0]
+        assert fresh["nonce"] > max(before)  # never a nonce used before the cut
+        for e in agent.parse_events(con.seen):  # queued before the cut: resent unchanged
+            if e["event"] == "task" and e["nonce"] in before:
+                assert e["body"] == before[e["nonce"]]
+        before[fresh["nonce"]] = fresh["body"]
+
+
+def test_ctrl_c_stops_the_loop_into_the_repl(pico: tuple[VirtualBoard, Console, str]) -> None:
+    vb, con, address = pico
+    con.tasks(1)
+    boots = vb.boots
+    t = con.t
+    t.enter_raw_repl()
+    assert agent.info(t)["identity"]["state"] == "ok"
+    once = agent.attest(t)
+    assert address in signer(once["request"])
+    time.sleep(2.5)  # two intervals: the loop is not running behind the REPL
+    assert t.exec("print(1)").strip() == b"1"
+    assert vb.boots == boots
+    # attest --once consumed its nonce but did not queue the request.
+    listing = json.loads(t.exec("import os\nprint(sorted(int(n) for n in os.listdir('outbox')))"))
+    assert once["nonce"] not in listing
+
+
+def test_nonce_store_fault_stops_signing_not_the_board(
+    pico: tuple[VirtualBoard, Console, str],
+) -> None:
+    vb, con, address = pico
+    con.tasks(1)
+    boots = vb.boots
+    vb.set_fault(flash="eio")
+    vb.power_cut()  # the new boot cannot reserve nonces
+    con.seen = b""
+    halted = con.events("halted", 2)
+    assert "nonce" in halted[0]["reason"]
+    assert vb.boots == boots + 1  # no reboot loop
+    vb.set_fault(flash=None)
