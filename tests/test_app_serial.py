@@ -34,9 +34,7 @@ def k256(data: bytes) -> bytes:
     return keccak.new(digest_bits=256, data=data).digest()
 
 
-def provision(
-    flash: Path, board: str, settings: dict[str, Any] | None = None
-) -> str:
+def provision(flash: Path, board: str, settings: dict[str, Any] | None = None) -> str:
     """Write identity, settings and board file into a board's flash; returns its address."""
     flash.mkdir(parents=True, exist_ok=True)
     ident = new_identity(flash, "secp256k1")  # made by the device code on MicroPython
@@ -129,7 +127,7 @@ def pico(tmp_path: Path) -> Iterator[tuple[VirtualBoard, Console, str]]:
 def test_loop_emits_signed_tasks_and_acks_empty_the_outbox(
     pico: tuple[VirtualBoard, Console, str],
 ) -> None:
-    vb, con, address = pico
+    _vb, con, address = pico
     tasks = con.tasks(3)
     nonces = [e["nonce"] for e in tasks]
     assert nonces[0] >= 1 and nonces == sorted(nonces)
@@ -164,7 +162,9 @@ def test_loop_emits_signed_tasks_and_acks_empty_the_outbox(
     assert again["removed"] is False
     assert again["pending"] == left
     # Whatever the loop queued after the host's last read is still there.
-    listing = t.exec("import os\nprint(sorted(int(n) for n in os.listdir('outbox') if n.isdigit()))")
+    listing = t.exec(
+        "import os\nprint(sorted(int(n) for n in os.listdir('outbox') if n.isdigit()))"
+    )
     pending = json.loads(listing)
     assert len(pending) == left and all(n > seen[-1] for n in pending)
     for n in pending:
@@ -193,7 +193,7 @@ def test_sensor_fault_is_a_field_and_the_loop_goes_on(
 
 
 def test_power_cuts_never_reuse_a_nonce(pico: tuple[VirtualBoard, Console, str]) -> None:
-    vb, con, address = pico
+    vb, con, _address = pico
     before = {e["nonce"]: e["body"] for e in con.tasks(2)}
     for _ in range(3):
         vb.power_cut()
@@ -225,7 +225,7 @@ def test_ctrl_c_stops_the_loop_into_the_repl(pico: tuple[VirtualBoard, Console, 
 def test_nonce_store_fault_stops_signing_not_the_board(
     pico: tuple[VirtualBoard, Console, str],
 ) -> None:
-    vb, con, address = pico
+    vb, con, _address = pico
     con.tasks(1)
     boots = vb.boots
     vb.set_fault(flash="eio")

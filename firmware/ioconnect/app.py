@@ -63,6 +63,23 @@ class Loop:
             self.feed_ms = wd_ms // 2
         # Time split of the last cycle (us): read, sign, store.
         self.last_us = (0, 0, 0)
+        self.console = None
+        try:
+            import select
+
+            self.console = select.poll()
+            self.console.register(sys.stdin, select.POLLIN)
+        except (ImportError, OSError, TypeError, ValueError):
+            self.console = None  # no pollable console: Ctrl-C still interrupts
+
+    def check_console(self):
+        # A Ctrl-C typed before the loop started (during boot) sits in the
+        # console's input as the byte 0x03: the port only turns it into
+        # KeyboardInterrupt while code runs. Read it here so it still stops us.
+        p = self.console
+        while p is not None and p.poll(0):
+            if sys.stdin.read(1) == "\x03":
+                raise KeyboardInterrupt
 
     def feed(self):
         if self.wdt is not None:
@@ -137,11 +154,13 @@ class Loop:
             if self.delivery is not None:
                 self.delivery.step(step)
             else:
-                time.sleep_ms(step)
+                time.sleep_ms(step if step < 200 else 200)
+            self.check_console()
             self.feed()
 
     def run(self, cycles=0):
         while not cycles or self.cycles < cycles:
+            self.check_console()
             start = time.ticks_ms()
             try:
                 fresh = self.cycle()

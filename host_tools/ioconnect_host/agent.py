@@ -23,8 +23,8 @@ from .transport import TransportError
 
 __all__ = [
     "API_VERSION",
-    "AgentError",
     "AckStatus",
+    "AgentError",
     "Curve",
     "ack",
     "attest",
