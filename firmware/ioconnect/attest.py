@@ -110,6 +110,5 @@ def _kid(key):
     from ioconnect import did
 
     kid = did.did_of(key.curve, key.public_key()).encode()
-    did = None
     forget(keep)
     return kid

@@ -54,7 +54,7 @@ def chip_temperature(source):
     if source == "esp32_mcu_temperature":
         import esp32
 
-        return esp32.mcu_temperature()
+        return esp32.mcu_temperature()  # type: ignore[attr-defined]  # S2/S3/C3 only
     if source == "rp2_adc4":
         import machine
 
