@@ -104,6 +104,17 @@ class Sensors:
             self._buses[key] = bus
         return bus
 
+    def prepare(self):
+        # Load the drivers and open the buses now (a long-running loop wants its
+        # code in RAM before its first reading). A fault here shows up later as
+        # the reading's error, not here.
+        for dev in self.i2c:
+            try:
+                _driver(dev["model"])
+                self._bus(dev)
+            except (SensorError, OSError, ValueError):
+                pass
+
     def _temperature(self):
         c = chip_temperature(self.temperature.get("source"))
         if not -40 <= c <= 125:  # outside every supported chip's range
