@@ -113,3 +113,17 @@ def test_cli_attest_errors_are_one_line(tmp_path: Path) -> None:
     assert err.startswith("ioconnect: error: cannot open") and err.count("\n") == 1
     code, out, err = cli(["attest", "--port", str(tmp_path / "x")])
     assert code == 1 and "only --once" in err
+
+
+def test_identity_create_first_on_a_fresh_esp32(tmp_path: Path) -> None:
+    # The provisioning path: identity.create is the first request a new board
+    # gets. It failed about every other time at 96 KB while base58/bech32
+    # interned their characters (see test_heap_qstr); three fresh boards, three keys.
+    for i in range(3):
+        vb = start_board("esp32", name=f"cold-{i}", state_dir=tmp_path / str(i))
+        try:
+            with SerialTransport(vb.port) as t:
+                ident = agent.identity_create(t)
+        finally:
+            vb.stop()
+        assert ident["io_address"].startswith("io1") and ident["did_key"].startswith("did:key:z")
