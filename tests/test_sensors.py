@@ -134,7 +134,7 @@ def test_failed_sensors_are_fields(sim: Sim) -> None:
         got = sim.run(
             "import json\nfrom ioconnect import sensors\n"
             "s = sensors.Sensors(sensors.load_board())\n"
-            "print(json.dumps(s.read(%r)))" % ([*names, "nosuch"],)
+            f"print(json.dumps(s.read({[*names, 'nosuch']!r})))"
         )
     finally:
         sim.vb.set_fault(sensors={})
