@@ -104,6 +104,7 @@ class Loop:
             data, body, token = self.attestor.sign(fresh, readings)
             t2 = time.ticks_us()
             data = None
+            gc.collect()  # a flash write wants a whole buffer: give it the best heap
             try:
                 self.outbox.put(fresh, body)
                 if token is not None and self.cose_outbox is not None:
@@ -122,6 +123,7 @@ class Loop:
 
     def send_serial(self, fresh):
         # The fresh message, then the oldest few still unacknowledged.
+        gc.collect()
         resend = _RESEND
         for n in self.outbox.pending():
             if n != fresh:

@@ -110,14 +110,28 @@ _faults_file = None
 _faults = {}
 
 
+_faults_buf = None  # the file's last bytes: parsed again only when they change
+_faults_new = None
+
+
 def faults():
     # Faults set from the host (supervisor.VirtualBoard.set_fault), re-read on
     # every call through a file opened before the flash hid the host's folders.
-    global _faults
+    # Read into two preallocated buffers: this runs on every flash write and
+    # sensor access, in the firmware's heap, which a board's own C code would
+    # not touch (a fresh 1.3 KB string per call split the 96 KB heap).
+    global _faults, _faults_buf, _faults_new
     if _faults_file is None:
         return _faults
+    if _faults_buf is None:
+        _faults_buf = bytearray(1024)
+        _faults_new = bytearray(1024)
     _faults_file.seek(0)
-    text = _faults_file.read().strip()
+    n = _faults_file.readinto(_faults_new)
+    if n == len(_faults_buf) and _faults_new == _faults_buf:
+        return _faults
+    _faults_buf, _faults_new = _faults_new, _faults_buf
+    text = bytes(memoryview(_faults_buf)[:n]).strip()
     if text:
         try:
             _faults = json.loads(text)

@@ -33,3 +33,35 @@ print(b)
     # Every bech32 character and most base58 ones appear; none became a qstr.
     assert len(set(a)) > 20 and len(set(b[3:])) == 32
     assert after == before
+
+
+def test_virtual_flash_write_costs_the_firmware_no_heap(tmp_path: Path) -> None:
+    # The virtual board checks its fault switches on every flash write, in the
+    # firmware's heap; a board's C code costs it nothing. It used to read the
+    # 1 KB switch file into a new string each time, which split the 96 KB heap
+    # of the attestation loop until a write found no 1.3 KB block.
+    from ioconnect_host.transport import SerialTransport
+    from ioconnect_sim.launch import start_board
+
+    vb = start_board("esp32", name="heap-flash", state_dir=tmp_path)
+    try:
+        with SerialTransport(vb.port) as t:
+            out = t.exec(
+                "import gc\n"
+                "def w():\n"
+                "    with open('x.txt', 'w') as f:\n"
+                "        f.write('1')\n"
+                "w()\n"
+                "gc.collect()\n"
+                "a = gc.mem_alloc()\n"
+                "gc.disable()\n"  # count what ten writes allocate, garbage included
+                "for _ in range(10):\n"
+                "    w()\n"
+                "b = gc.mem_alloc()\n"
+                "gc.enable()\n"
+                "print(b - a)\n"
+            )
+    finally:
+        vb.stop()
+    per_write = int(out.decode().split()[-1]) / 10
+    assert per_write < 600, per_write
