@@ -243,3 +243,50 @@ def test_nonce_store_fault_stops_signing_not_the_board(
     assert "nonce" in halted[0]["reason"]
     assert vb.boots == boots + 1  # no reboot loop
     vb.set_fault(flash=None)
+
+
+@pytest.fixture
+def configured(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[VirtualBoard, Console, str]]:
+    """An esp32 provisioned with extra settings (``request.param``)."""
+    state = tmp_path / "esp32"
+    address = provision(state / "flash", "esp32", request.param)
+    vb = start_board("esp32", name=f"cfg-{tmp_path.name}"[:30], state_dir=state)
+    con = Console(vb)
+    try:
+        yield vb, con, address
+    finally:
+        con.close()
+        vb.stop()
+
+
+@pytest.mark.parametrize("configured", [{"watchdog_s": 1, "sample.interval_s": 3}], indirect=True)
+def test_watchdog_is_fed_through_long_intervals(
+    configured: tuple[VirtualBoard, Console, str],
+) -> None:
+    vb, con, _address = configured
+    first = con.tasks(1)[0]
+    boots = vb.boots
+    # Three 3 s intervals with a 1 s watchdog: fed while waiting, no reset.
+    later = con.tasks(3, exclude=set(range(first["nonce"] + 1)))
+    assert vb.boots == boots
+    assert [e["nonce"] for e in later] == list(range(first["nonce"] + 1, first["nonce"] + 4))
+
+
+@pytest.mark.parametrize("configured", [{"sample.deep_sleep": 1}], indirect=True)
+def test_deep_sleep_between_readings_keeps_nonces_and_outbox(
+    configured: tuple[VirtualBoard, Console, str],
+) -> None:
+    vb, con, address = configured
+    boots = vb.boots
+    seen: dict[int, str] = {}
+    for _ in range(3):  # each reading is followed by a deep sleep (a reboot)
+        fresh = con.tasks(1, exclude=set(seen))[0]
+        assert not seen or fresh["nonce"] > max(seen)
+        assert address in signer(fresh["body"])
+        for e in agent.parse_events(con.seen):  # queued before the sleep: resent as it was
+            if e["event"] == "task" and e["nonce"] in seen:
+                assert e["body"] == seen[e["nonce"]]
+        seen[fresh["nonce"]] = fresh["body"]
+    assert vb.boots >= boots + 2
