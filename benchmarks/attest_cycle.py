@@ -34,6 +34,7 @@ low = 1 << 30
 tot = [0, 0, 0, 0]
 top = [0, 0, 0, 0]
 oom = 0
+first = None
 for i in range(%(cycles)d):
     t0 = time.ticks_us()
     try:  # as Loop.run: a MemoryError is reported and the loop goes on
@@ -44,8 +45,10 @@ for i in range(%(cycles)d):
         lp.outbox.remove(n)
     except MemoryError as e:
         if not oom:
-            import sys
-            sys.print_exception(e)
+            import io, sys
+            buf = io.StringIO()
+            sys.print_exception(e, buf)
+            first = "cycle %%d: %%s" %% (i, buf.getvalue())
         oom += 1
     gc.collect()
     wall = time.ticks_diff(time.ticks_us(), t0)
@@ -56,7 +59,7 @@ for i in range(%(cycles)d):
             top[k] = max(top[k], v)
     if (i + 1) %% 100 == 0:
         free.append(gc.mem_free())
-print("RESULT " + json.dumps({"free": free, "low": low, "tot": tot, "top": top, "oom": oom}))
+print("RESULT " + json.dumps({"free": free, "low": low, "tot": tot, "top": top, "oom": oom, "first": first}))
 """
 
 
@@ -97,6 +100,7 @@ def main() -> None:
                 "free_heap_per_100_cycles": res["free"],
                 "lowest_free_heap": res["low"],
                 "cycles_with_memory_error": res["oom"],
+                "first_memory_error": res["first"],
                 **{f"{k}_ms_mean": round(res["tot"][i] / n / 1000, 2) for i, k in enumerate(names)},
                 **{f"{k}_ms_max": round(res["top"][i] / 1000, 2) for i, k in enumerate(names)},
                 "host": platform.machine(),

@@ -290,3 +290,26 @@ def test_deep_sleep_between_readings_keeps_nonces_and_outbox(
                 assert e["body"] == seen[e["nonce"]]
         seen[fresh["nonce"]] = fresh["body"]
     assert vb.boots >= boots + 2
+
+
+def test_acks_while_the_loop_runs(board: tuple[VirtualBoard, Console, str]) -> None:
+    vb, con, _address = board
+    boots = vb.boots
+    first = con.tasks(2)
+    port = con.t._serial
+    seen = bytearray()
+    for e in first:
+        out = agent.ack_inline(port, e["nonce"], "accepted", task_id="0x01", seen=seen)
+        assert out["nonce"] == e["nonce"] and out["removed"] is True
+    again = agent.ack_inline(port, first[0]["nonce"], "rejected", seen=seen)
+    assert again["removed"] is False
+    with pytest.raises(agent.AgentError) as err:
+        agent.ack_inline(port, 5, "maybe", seen=seen)  # type: ignore[arg-type]
+    assert err.value.code == "bad_request"
+    # The loop never stopped: new readings follow, and acked ones are not resent.
+    acked = {e["nonce"] for e in first}
+    later = con.tasks(2, exclude=acked | set(range(max(acked) + 1)))
+    assert later[0]["nonce"] > max(acked)
+    resent = {e["nonce"] for e in agent.parse_events(con.seen) if e["event"] == "task"}
+    assert not resent & acked
+    assert vb.boots == boots

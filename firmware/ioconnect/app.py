@@ -24,6 +24,7 @@ _RESEND = const(3)  # older unacknowledged messages re-sent per cycle (serial)
 _RP2_WDT_MAX_MS = const(8388)  # rp2 hardware limit
 _WIFI_TIMEOUT_MS = const(15000)
 _MQTT_PORT = const(1883)
+_LINE_MAX = const(240)  # longest request line read while the loop runs
 
 
 class AppError(ValueError):
@@ -64,6 +65,9 @@ class Loop:
         # Time split of the last cycle (us): read, sign, store.
         self.last_us = (0, 0, 0)
         self.console = None
+        self._stdin = getattr(sys.stdin, "buffer", sys.stdin)
+        self._line = bytearray(_LINE_MAX)  # one request line, preallocated
+        self._n = -1  # bytes of it so far; -1: not inside a frame
         try:
             import select
 
@@ -73,13 +77,56 @@ class Loop:
             self.console = None  # no pollable console: Ctrl-C still interrupts
 
     def check_console(self):
-        # A Ctrl-C typed before the loop started (during boot) sits in the
-        # console's input as the byte 0x03: the port only turns it into
-        # KeyboardInterrupt while code runs. Read it here so it still stops us.
+        # Host input while the loop runs. A Ctrl-C typed before the loop started
+        # (during boot) sits here as the byte 0x03 (a port only turns it into
+        # KeyboardInterrupt while code runs): it still stops us. A framed line
+        # \x1eIOC1 <len> <crc32> <json>\n is a request; only `ack` is served
+        # here (agent.ack_inline on the host), so acks need not stop the loop.
         p = self.console
         while p is not None and p.poll(0):
-            if sys.stdin.read(1) == "\x03":
+            c = self._stdin.read(1)
+            if not c:
+                return
+            b = c[0] if isinstance(c, bytes) else ord(c)
+            if b == 3:
                 raise KeyboardInterrupt
+            if b == 0x1E:
+                self._n = 0
+            elif self._n >= 0:
+                if b == 0x0A:
+                    n, self._n = self._n, -1
+                    self._request(bytes(memoryview(self._line)[:n]))
+                elif self._n < _LINE_MAX:
+                    self._line[self._n] = b
+                    self._n += 1
+                else:
+                    self._n = -1  # too long for an ack: dropped
+
+    def _request(self, raw):
+        # raw: b"IOC1 <len> <crc32> <json>"; answered with an agent frame.
+        rid = None
+        try:
+            parts = raw.split(b" ", 3)
+            if len(parts) != 4 or parts[0] != b"IOC1":
+                return  # not a request: ignore, as a board ignores noise
+            body = parts[3]
+            if int(parts[1]) != len(body) or int(parts[2], 16) != binascii.crc32(body) & 0xFFFFFFFF:
+                return  # damaged: the host retries
+            req = json.loads(body)
+            rid = req.get("id")
+            nonce = req.get("nonce")
+            status = req.get("status")
+            if req.get("v") != 1 or req.get("op") != "ack":
+                raise AppError("only ack is served while the loop runs (Ctrl-C for the agent)")
+            if not isinstance(nonce, int) or status not in ("accepted", "rejected"):
+                raise AppError("ack needs an int nonce and status accepted or rejected")
+        except (ValueError, KeyError, AttributeError) as e:
+            emit({"id": rid, "ok": False, "error": {"code": "bad_request", "message": str(e)}})
+            return
+        removed = self.outbox.remove(nonce)
+        if self.cose_outbox is not None:
+            self.cose_outbox.remove(nonce)
+        emit({"id": rid, "ok": True, "result": {"nonce": nonce, "removed": removed, "pending": len(self.outbox)}})
 
     def feed(self):
         if self.wdt is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 import zlib
 from typing import Any, Literal, Protocol
 
@@ -27,6 +28,7 @@ __all__ = [
     "AgentError",
     "Curve",
     "ack",
+    "ack_inline",
     "attest",
     "answer_result",
     "call",
@@ -263,6 +265,82 @@ def ack(
         board, "ack", nonce=nonce, status=status, taskID=task_id, reason=reason
     )
     return result
+
+
+class SerialLike(Protocol):
+    """A raw serial port (pyserial ``Serial``, or ``serial_for_url``'s object)."""
+
+    def write(self, data: bytes) -> int | None: ...
+
+    def read(self, size: int = 1) -> bytes: ...
+
+
+def ack_inline(
+    port: SerialLike,
+    nonce: int,
+    status: AckStatus,
+    *,
+    task_id: str = "",
+    reason: str = "",
+    seen: bytearray | None = None,
+    timeout_s: float = 5.0,
+) -> dict[str, Any]:
+    """Acknowledge a message while the device's loop runs, without stopping it.
+
+    The request goes to the console as a framed line (``\\x1eIOC1 <len> <crc32>
+    <json>``), which the attestation loop reads between readings; it answers
+    with an agent frame. Use :func:`ack` when the board is in its REPL.
+
+    Args:
+        port: the board's raw serial port (not in raw-REPL use by anyone else).
+        seen: everything read while waiting is appended here, so the caller
+            keeps the task events that arrived meanwhile.
+
+    Returns:
+        ``nonce``, ``removed``, ``pending``, as :func:`ack`.
+
+    Raises:
+        AgentError: the device refused the request.
+        TransportError: no answer within ``timeout_s``.
+    """
+    rid = next(_ids)
+    body = json.dumps(
+        {
+            "v": API_VERSION,
+            "id": rid,
+            "op": "ack",
+            "nonce": nonce,
+            "status": status,
+            "taskID": task_id,
+            "reason": reason,
+        },
+        separators=(",", ":"),
+    ).encode()
+    port.write(b"\x1eIOC1 %d %08x " % (len(body), zlib.crc32(body)) + body + b"\n")
+    got = bytearray()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        chunk = port.read(4096)
+        got += chunk
+        if seen is not None:
+            seen += chunk
+        for m in _FRAME.finditer(got):
+            length, crc = int(m.group(1)), int(m.group(2), 16)
+            frame = bytes(got[m.end() : m.end() + length])
+            if len(frame) != length or zlib.crc32(frame) != crc:
+                continue
+            answer = json.loads(frame)
+            if isinstance(answer, dict) and answer.get("id") == rid and "ok" in answer:
+                if not answer["ok"]:
+                    err = answer.get("error") or {}
+                    raise AgentError(str(err.get("code", "error")), str(err.get("message", "")))
+                result: dict[str, Any] = answer["result"]
+                return result
+        if time.monotonic() > deadline:
+            raise TransportError(
+                f"no answer to the ack of nonce {nonce} within {timeout_s:g} s",
+                hint="is the attestation loop running on the board?",
+            )
 
 
 def parse_events(output: bytes) -> list[dict[str, Any]]:
