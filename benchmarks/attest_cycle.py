@@ -2,9 +2,9 @@
 printed as JSON: free heap every 100 cycles (after the loop's own collect), the
 lowest free heap seen, and time per cycle split into read / sign / store.
 
-The board is provisioned (identity made by the device code, board.json), its
-loop built by ioconnect.app.build() and run cycle by cycle without the interval
-wait; each message is printed as the serial fallback prints it and then
+The board is provisioned (identity made by the device code, board.json,
+config.json), its loop built by ioconnect.app.build() on a fresh heap and run
+cycle by cycle without the interval wait; each message is printed as the serial fallback prints it and then
 removed from the outbox as a host ack would.
 
     python benchmarks/attest_cycle.py [--board esp32] [--cycles 300] [--cose]
@@ -75,12 +75,14 @@ def main() -> None:
         flash.mkdir()
         new_identity(flash, "secp256k1")
         (flash / "board.json").write_bytes(board_json(args.board))
+        settings = {"w3bstream.project_id": "42", "attest.cose": int(args.cose)}
+        (flash / "config.json").write_text(json.dumps(settings))
         vb = start_board(args.board, name="attest-bench", state_dir=state)
         try:
             with SerialTransport(vb.port) as t:
-                agent.config_set(t, "w3bstream.project_id", "42")
-                if args.cose:
-                    agent.config_set(t, "attest.cose", 1)
+                # The board boots into its loop: stop it, and take the fresh heap
+                # of a soft reset (no main.py), as the loop has at boot.
+                t.enter_raw_repl(soft_reset=True)
                 out = t.exec(DEVICE % {"cycles": args.cycles}, timeout_s=3600)
         finally:
             vb.stop()

@@ -23,7 +23,6 @@ from micropython import const
 _RESEND = const(3)  # older unacknowledged messages re-sent per cycle (serial)
 _RP2_WDT_MAX_MS = const(8388)  # rp2 hardware limit
 _WIFI_TIMEOUT_MS = const(15000)
-_MQTT_PORT = const(1883)
 _LINE_MAX = const(240)  # longest request line read while the loop runs
 
 
@@ -234,14 +233,13 @@ class Loop:
 
 def _delivery(cfg, outbox, key):
     # MQTT when configured and the board has Wi-Fi; None means serial.
-    host = cfg.get("mqtt.host")
-    if not host:
+    if not cfg.get("mqtt.host"):
         return None
     try:
         import network  # noqa: F401  (boards without a radio have none)
     except ImportError:
         return None
-    from ioconnect import did, net  # type: ignore[attr-defined]  # net: delivery branch
+    from ioconnect import deliver, did, net
 
     if net.wifi_up(cfg.get("wifi.ssid", ""), cfg.get("wifi.password", ""), _WIFI_TIMEOUT_MS):
         try:
@@ -250,18 +248,8 @@ def _delivery(cfg, outbox, key):
             ntptime.settime()  # the RTC in UTC: timestamps become real
         except (ImportError, OSError):
             pass  # no NTP: the payload says "clock": "unset" until it is set
-    from ioconnect.deliver import Delivery  # type: ignore[import-not-found]  # delivery branch
-
     address = did.eth_address(key.public_key())
-    base = "ioconnect/%s/%s/" % (cfg["w3bstream.project_id"], address)
-    return Delivery(
-        outbox,
-        client_id=address,
-        host=host,
-        port=cfg.get("mqtt.port", _MQTT_PORT),
-        tasks_topic=cfg.get("mqtt.topic") or base + "tasks",
-        acks_topic=base + "acks",
-    )
+    return deliver.from_config(outbox, address, cfg["w3bstream.project_id"])
 
 
 # Modules the loop keeps for good, loaded first and in one go: loaded on first
@@ -314,6 +302,7 @@ def build(key_path="identity.key"):
     key = keys.KeyStore(key_path).load()
     settings = attest.Settings(cfg)
     attestor = attest.Attestor(key, settings, probes)
+    attestor.prepare()
     outbox = Outbox()
     delivery = _delivery(cfg, outbox, key)
     cose_outbox = Outbox("outbox.cose") if settings.cose and delivery is None else None
@@ -323,16 +312,33 @@ def build(key_path="identity.key"):
 
 
 def run(cycles=0):
-    # main.py's entry point. Returns on Ctrl-C, or at once when not provisioned.
-    try:
-        loop = build()
-    except KeyboardInterrupt:
-        return
-    except (ValueError, OSError, ImportError) as e:
-        emit({"event": "stopped", "reason": str(e)})
-        return
+    # main.py's entry point. Returns on Ctrl-C. A loop that cannot start (the
+    # flash fails, a file is missing) reports why and tries again every
+    # interval: a board in the field waits for its storage, it does not stop.
+    while True:
+        try:
+            loop = build()
+            break
+        except KeyboardInterrupt:
+            return
+        except (ValueError, OSError, ImportError, MemoryError) as e:
+            emit({"event": "halted", "reason": "%s: %s" % (type(e).__name__, e)})
+        gc.collect()
+        try:
+            time.sleep(_retry_s())
+        except KeyboardInterrupt:
+            return
     emit({"event": "started", "interval_s": loop.interval_ms // 1000, "serial": loop.delivery is None})
     try:
         loop.run(cycles)
     except KeyboardInterrupt:
         print("ioconnect: attestation loop stopped (Ctrl-C)")
+
+
+def _retry_s():
+    try:
+        from ioconnect import config
+
+        return config.value("sample.interval_s", 60)
+    except (ValueError, OSError):
+        return 60

@@ -65,14 +65,16 @@ class Settings:
 
 
 class Attestor:
-    def __init__(self, key, settings, sensors):
+    # sensors may be None (signing only) when `order`, the payload's reading
+    # names, is given.
+    def __init__(self, key, settings, sensors, order=None):
         if key.curve != "secp256k1":
             raise AttestError("W3bstream tasks need a secp256k1 key, not %s" % key.curve)
         self.key = key
         self.settings = settings
         self.sensors = sensors
-        self.order = settings.fields or sensors.names()
-        self.kid = _kid(key) if settings.cose else None
+        self.order = order or settings.fields or sensors.names()
+        self.kid = None  # the DID as COSE kid: made on first use (see prepare)
 
     def read(self):
         return self.sensors.read(self.order)
@@ -87,8 +89,15 @@ class Attestor:
         s = self.settings
         return profiles.w3bstream_task(self.key, nonce, s.project_id, data, s.project_version, s.signed_keys)
 
+    def prepare(self):
+        # Everything signing will need, made now (the loop calls this at start,
+        # so no module is loaded mid-cycle).
+        if self.settings.cose and self.kid is None:
+            self.kid = _kid(self.key)
+
     def cose(self, data):
         # The same payload as COSE_Sign1, kid = the device's DID.
+        self.prepare()
         from ioconnect import cose
 
         return cose.sign1(self.key, data, self.kid)

@@ -11,13 +11,15 @@ def attest(req):
     # One reading now, signed as the loop would sign it, with a nonce from the
     # loop's own store (so it is never reused). For debugging: the request is
     # returned, NOT queued in the outbox, so nothing delivers it twice.
-    from ioconnect import attest, sensors
-    from ioconnect.nonce import NonceStore
+    # Read, then sign, then COSE: each stage's modules are unloaded before the
+    # next (the whole stack at once does not fit beside the agent in 96 KB).
+    import time
 
-    try:
-        board = sensors.load_board()
-    except sensors.SensorError as e:
-        raise AgentError("invalid_config", "board.json: %s (provision the board first)" % e.reason)
+    from ioconnect import forget
+
+    keep = set(sys.modules)
+    from ioconnect import attest, sensors
+
     try:
         settings = attest.Settings.load()
     except attest.AttestError as e:
@@ -26,22 +28,25 @@ def attest(req):
     if isinstance(cose, bool):
         settings.cose = cose
     try:
-        attestor = attest.Attestor(_key(), settings, sensors.Sensors(board))
-    except attest.AttestError as e:
-        raise AgentError("invalid_argument", str(e))
-    board = None
-    from ioconnect import forget
-
-    # Each stage's modules are unloaded before the next: the whole stack at
-    # once (drivers, W3bstream, COSE) does not fit beside the agent in 96 KB.
-    keep = set(sys.modules)
-    payload = attestor.payload(attestor.read())
+        probes = sensors.Sensors(sensors.load_board())
+    except sensors.SensorError as e:
+        raise AgentError("invalid_config", "board.json: %s (provision the board first)" % e.reason)
+    order = settings.fields or probes.names()
+    payload = attest.payload(probes.read(order), order, attest.unix_time(), time.ticks_ms())
+    probes = None
     forget(keep)
     gc.collect()
+    from ioconnect import attest
+    from ioconnect.nonce import NonceStore
+
+    try:
+        attestor = attest.Attestor(_key(), settings, None, order)
+    except attest.AttestError as e:
+        raise AgentError("invalid_argument", str(e))
     nonce = NonceStore().next()
     out = {"nonce": nonce, "payload": payload.decode(), "request": attestor.task(nonce, payload).decode()}
     if settings.cose:
-        forget(keep)
+        forget(keep | {"ioconnect.attest", "ioconnect.keys"})
         gc.collect()
         out["cose"] = binascii.hexlify(attestor.cose(payload)).decode()
     return out

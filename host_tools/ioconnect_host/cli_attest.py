@@ -2,7 +2,8 @@
 
 The board signs a reading as its loop would (nonce from its own store), the
 request is NOT queued on the device; the host checks the signature with
-coincurve (independent of the device code) and prints the request.
+coincurve (independent of the device code) and prints the request. The board's
+loop is stopped for it (Ctrl-C, soft reset) and resumes at its next reset.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ def attest_once(port: str) -> dict[str, Any]:
         AttestCheckError: the signature does not recover to the board's address.
     """
     with SerialTransport(resolve_port(port)) as board:
+        # Ctrl-C stops the board's loop; the soft reset gives the agent a fresh
+        # heap (main.py does not run), as mpremote does. The loop resumes at
+        # the next reset.
+        board.enter_raw_repl(soft_reset=True)
         ident = agent.identity_show(board)
         settings = agent.config_get(board) or {}
         out = agent.attest(board)
