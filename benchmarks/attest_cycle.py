@@ -4,8 +4,8 @@ lowest free heap seen, and time per cycle split into read / sign / store.
 
 The board is provisioned (identity made by the device code, board.json,
 config.json), its loop built by ioconnect.app.build() on a fresh heap and run
-cycle by cycle without the interval wait; each message is printed as the serial fallback prints it and then
-removed from the outbox as a host ack would.
+cycle by cycle without the interval wait; each message is printed as the
+serial fallback prints it and then removed from the outbox as a host ack would.
 
     python benchmarks/attest_cycle.py [--board esp32] [--cycles 300] [--cose]
 """
@@ -59,7 +59,8 @@ for i in range(%(cycles)d):
             top[k] = max(top[k], v)
     if (i + 1) %% 100 == 0:
         free.append(gc.mem_free())
-print("RESULT " + json.dumps({"free": free, "low": low, "tot": tot, "top": top, "oom": oom, "first": first}))
+res = {"free": free, "low": low, "tot": tot, "top": top, "oom": oom, "first": first}
+print("RESULT " + json.dumps(res))
 """
 
 

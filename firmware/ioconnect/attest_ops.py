@@ -33,7 +33,7 @@ def attest(req):
         raise AgentError("invalid_config", "board.json: %s (provision the board first)" % e.reason)
     order = settings.fields or probes.names()
     payload = attest.payload(probes.read(order), order, attest.unix_time(), time.ticks_ms())
-    probes = None
+    del probes  # its buses hold the drivers: gone before they are unloaded
     forget(keep)
     gc.collect()
     from ioconnect import attest
