@@ -27,7 +27,11 @@ from ioconnect_sim.launch import start_board
 DEVICE = """
 import gc, json, time
 from ioconnect import app
-lp = app.build()
+try:
+    lp = app.build()
+except MemoryError as e:
+    lp = None
+    print("RESULT " + json.dumps({"build_error": "MemoryError: %%s" %% e, "free": gc.mem_free()}))
 # Running sums and maxima only: a list per cycle would itself fill the heap.
 free = []
 low = 1 << 30
@@ -35,7 +39,7 @@ tot = [0, 0, 0, 0]
 top = [0, 0, 0, 0]
 oom = 0
 first = None
-for i in range(%(cycles)d):
+for i in range(%(cycles)d if lp else 0):
     t0 = time.ticks_us()
     try:  # as Loop.run: a MemoryError is reported and the loop goes on
         n = lp.cycle()
@@ -59,8 +63,9 @@ for i in range(%(cycles)d):
             top[k] = max(top[k], v)
     if (i + 1) %% 100 == 0:
         free.append(gc.mem_free())
-res = {"free": free, "low": low, "tot": tot, "top": top, "oom": oom, "first": first}
-print("RESULT " + json.dumps(res))
+if lp is not None:
+    res = {"free": free, "low": low, "tot": tot, "top": top, "oom": oom, "first": first}
+    print("RESULT " + json.dumps(res))
 """
 
 
@@ -89,6 +94,19 @@ def main() -> None:
             vb.stop()
     line = [x for x in out.decode().splitlines() if x.startswith("RESULT ")][-1]
     res = json.loads(line[7:])
+    if "build_error" in res:
+        print(
+            json.dumps(
+                {
+                    "board": args.board,
+                    "heap": load_board(args.board).heap,
+                    "cose": args.cose,
+                    "loop_built": False,
+                    **res,
+                }
+            )
+        )
+        return
     frames = len(agent.parse_events(out))
     n = max(1, args.cycles - 1)
     names = ("cycle", "read", "sign", "store")

@@ -325,7 +325,7 @@ def run(cycles=0):
             emit({"event": "halted", "reason": "%s: %s" % (type(e).__name__, e)})
         gc.collect()
         try:
-            time.sleep(_retry_s())
+            _wait_console(_retry_s() * 1000)
         except KeyboardInterrupt:
             return
     emit({"event": "started", "interval_s": loop.interval_ms // 1000, "serial": loop.delivery is None})
@@ -333,6 +333,28 @@ def run(cycles=0):
         loop.run(cycles)
     except KeyboardInterrupt:
         print("ioconnect: attestation loop stopped (Ctrl-C)")
+
+
+def _wait_console(ms):
+    # Sleep, but stop at a Ctrl-C typed before any code ran (see check_console).
+    poll = None
+    try:
+        import select
+
+        poll = select.poll()
+        poll.register(sys.stdin, select.POLLIN)
+    except (ImportError, OSError, TypeError, ValueError):
+        poll = None
+    stdin = getattr(sys.stdin, "buffer", sys.stdin)
+    deadline = time.ticks_add(time.ticks_ms(), ms)
+    while time.ticks_diff(deadline, time.ticks_ms()) > 0:
+        while poll is not None and poll.poll(0):
+            c = stdin.read(1)
+            if not c:
+                break
+            if (c[0] if isinstance(c, bytes) else ord(c)) == 3:
+                raise KeyboardInterrupt
+        time.sleep_ms(100)
 
 
 def _retry_s():
