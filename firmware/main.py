@@ -22,33 +22,35 @@ def _hello():
     print("ioconnect", VERSION, "identity:", who)
 
 
-def _boot():
-    # A provisioned board goes straight to the attestation loop: it needs the
-    # heap whole (the identity line would load, and leave scattered, the DID
-    # code first). Otherwise: say who the device is, and wait for the host.
-    start = __import__("ioconnect.start").start
-    if start.provisioned():
-        from ioconnect import VERSION
+def _provisioned():
+    # Identity and project, checked with names the firmware has interned anyway
+    # (loading ioconnect.start just to ask would add its names to the agent's
+    # RAM on every board).
+    import json
+    import os
 
-        print("ioconnect", VERSION, "attesting (Ctrl-C for the REPL)")
-        start.main()
-        return
-    start = None
     try:
-        _hello()
-    except Exception as e:  # a broken identity must not keep the REPL from the user
-        print("ioconnect: startup failed:", e)
+        os.stat("identity.key")
+        with open("config.json") as f:
+            return bool(json.load(f).get("w3bstream.project_id"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 from ioconnect import forget
 
 try:
-    _boot()
+    if _provisioned():
+        # Straight to the attestation loop, on the heap of a fresh boot.
+        print("ioconnect attesting (Ctrl-C for the REPL)")
+        __import__("ioconnect.start").start.main()
+    else:
+        _hello()
 except KeyboardInterrupt:
     pass  # a host took the console: the REPL is next
 except Exception as e:  # never a traceback loop at boot: the REPL stays reachable
-    print("ioconnect: attestation loop failed:", e)
+    print("ioconnect: startup failed:", e)
 finally:
     forget(_keep | {"ioconnect"})
-del _keep, _hello, _boot, forget
+del _keep, _hello, _provisioned, forget
 gc.collect()

@@ -30,10 +30,11 @@ def forget(keep):
                 pass
 
 
-# The attestation loop's own modules: it loads them at its start, on the quiet
-# heap of a boot, so agent requests need not carry their names (a 96 KB board
-# has no room for every module's names and an agent request beside them).
-_LOOP_ONLY = ("app", "start", "attest", "sensors", "sht3x", "bme280")
+# The attestation loop's own modules (and the agent's attest/ack ops, rarely
+# used, in attest_ops): the loop loads them at its start, on the quiet heap of
+# a boot, so agent requests need not carry their names (a 96 KB board has no
+# room for every module's names and an agent request beside them).
+_LOOP_ONLY = ("app", "start", "attest", "attest_ops", "sensors", "sht3x", "bme280")
 
 
 def intern_names():

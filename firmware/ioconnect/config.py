@@ -68,12 +68,12 @@ def check(key, value):
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
             raise ConfigError("%s must be an integer in %d..%d" % (key, lo, hi))
         return value
-    if kind == "list":
-        if not isinstance(value, list) or not lo <= len(value) <= hi:
-            raise ConfigError("%s must be a list of %d..%d names" % (key, lo, hi))
-        for item in value:
-            if not isinstance(item, str) or not 1 <= len(item) <= 32:
-                raise ConfigError("%s: every item must be a name of 1..32 characters" % key)
+    if kind == "list":  # of names, 1..32 characters each
+        ok = isinstance(value, list) and lo <= len(value) <= hi
+        for item in value if ok else ():
+            ok = ok and isinstance(item, str) and 1 <= len(item) <= 32
+        if not ok:
+            raise ConfigError("%s must be a list of %d..%d names of 1..32 characters" % (key, lo, hi))
         return value
     if not isinstance(value, str) or not lo <= len(value) <= hi:
         raise ConfigError("%s must be text of %d..%d characters" % (key, lo, hi))

@@ -73,6 +73,11 @@ def power_on(flash, soft):
     global _faults_file
     if cfg.get("faults_path"):
         _faults_file = open(cfg["faults_path"])
+        # faults() reads into these: allocated now, with the shims (counted as
+        # the board's C code), not on the firmware's heap mid-request.
+        global _faults_buf, _faults_new
+        _faults_buf = bytearray(1024)
+        _faults_new = bytearray(1024)
     for name in cfg.get("preload", ()):
         __import__(name)
     fs = cfg.get("board", {}).get("filesystem", {})
@@ -123,7 +128,7 @@ def faults():
     global _faults, _faults_buf, _faults_new
     if _faults_file is None:
         return _faults
-    if _faults_buf is None:
+    if _faults_buf is None:  # a VM started without power_on (tests)
         _faults_buf = bytearray(1024)
         _faults_new = bytearray(1024)
     _faults_file.seek(0)
