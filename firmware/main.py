@@ -1,5 +1,7 @@
 # Device entry point. Says who the device is; host tools then work through the
 # agent over the raw REPL (ioconnect.agent), which loads only when called.
+# A provisioned device (identity + w3bstream.project_id) runs the attestation
+# loop instead (ioconnect.start, .app) until Ctrl-C, which leaves it in the REPL.
 import gc
 import sys
 
@@ -20,12 +22,35 @@ def _hello():
     print("ioconnect", VERSION, "identity:", who)
 
 
-try:
-    _hello()
-except Exception as e:  # a broken identity must not keep the REPL from the user
-    print("ioconnect: startup failed:", e)
+def _provisioned():
+    # Identity and project, checked with names the firmware has interned anyway
+    # (loading ioconnect.start just to ask would add its names to the agent's
+    # RAM on every board).
+    import json
+    import os
+
+    try:
+        os.stat("identity.key")
+        with open("config.json") as f:
+            return bool(json.load(f).get("w3bstream.project_id"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 from ioconnect import forget
 
-forget(_keep | {"ioconnect"})
-del _keep, _hello, forget
+try:
+    if _provisioned():
+        # Straight to the attestation loop, on the heap of a fresh boot.
+        print("ioconnect attesting (Ctrl-C for the REPL)")
+        __import__("ioconnect.start").start.main()
+    else:
+        _hello()
+except KeyboardInterrupt:
+    pass  # a host took the console: the REPL is next
+except Exception as e:  # never a traceback loop at boot: the REPL stays reachable
+    print("ioconnect: startup failed:", e)
+finally:
+    forget(_keep | {"ioconnect"})
+del _keep, _hello, _provisioned, forget
 gc.collect()

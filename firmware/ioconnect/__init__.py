@@ -30,6 +30,13 @@ def forget(keep):
                 pass
 
 
+# The attestation loop's own modules (and the agent's attest/ack ops, rarely
+# used, in attest_ops): the loop loads them at its start, on the quiet heap of
+# a boot, so agent requests need not carry their names (a 96 KB board has no
+# room for every module's names and an agent request beside them).
+_LOOP_ONLY = ("app", "start", "attest", "attest_ops", "sensors", "sht3x", "bme280")
+
+
 def intern_names():
     # Load each module of this package once, one at a time, and unload it again.
     #
@@ -69,7 +76,7 @@ def _intern_all():
     keep = set(sys.modules)
     names = os.listdir(base[:i] if i > 0 else ".")
     mods = [n[: n.rfind(".")] for n in names if n.endswith(".mpy") or n.endswith(".py")]
-    mods = [m for m in mods if m != "__init__"]
+    mods = [m for m in mods if m != "__init__" and m not in _LOOP_ONLY]
     for m in mods:
         try:
             __import__("ioconnect." + m)

@@ -220,6 +220,9 @@ _OPS = {
     "sign": op_sign,
     "config.get": op_config_get,
     "config.set": op_config_set,
+    # Attestation ops live in attest_ops, loaded only when called.
+    "attest": lambda req: __import__("ioconnect.attest_ops").attest_ops.attest(req),
+    "ack": lambda req: __import__("ioconnect.attest_ops").attest_ops.ack(req),
 }
 
 

@@ -24,6 +24,13 @@ SCHEMA = {
     "w3bstream.project_id": ("decimal", 1, 20),
     "w3bstream.project_version": ("str", 0, 32),
     "sample.interval_s": ("int", 1, 86400),
+    # Attestation (ioconnect.attest, ioconnect.app). Lists: (kind, min, max items),
+    # each item a name of 1..32 characters.
+    "w3bstream.fields": ("list", 0, 16),
+    "w3bstream.signed_keys": ("list", 0, 8),
+    "attest.cose": ("int", 0, 1),
+    "sample.deep_sleep": ("int", 0, 1),
+    "watchdog_s": ("int", 0, 3600),
 }
 
 
@@ -60,6 +67,13 @@ def check(key, value):
     if kind == "int":
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
             raise ConfigError("%s must be an integer in %d..%d" % (key, lo, hi))
+        return value
+    if kind == "list":  # of names, 1..32 characters each
+        ok = isinstance(value, list) and lo <= len(value) <= hi
+        for item in value if ok else ():
+            ok = ok and isinstance(item, str) and 1 <= len(item) <= 32
+        if not ok:
+            raise ConfigError("%s must be a list of %d..%d names of 1..32 characters" % (key, lo, hi))
         return value
     if not isinstance(value, str) or not lo <= len(value) <= hi:
         raise ConfigError("%s must be text of %d..%d characters" % (key, lo, hi))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 import zlib
 from typing import Any, Literal, Protocol
 
@@ -23,9 +24,13 @@ from .transport import TransportError
 
 __all__ = [
     "API_VERSION",
+    "AckStatus",
     "AgentError",
     "Curve",
+    "ack",
+    "ack_inline",
     "answer_result",
+    "attest",
     "call",
     "config_get",
     "config_set",
@@ -34,6 +39,7 @@ __all__ = [
     "identity_rotate",
     "identity_show",
     "info",
+    "parse_events",
     "parse_frame",
     "sign",
 ]
@@ -216,6 +222,144 @@ def config_get(board: Board, key: str | None = None) -> Any:
     return call(board, "config.get", key=key)
 
 
-def config_set(board: Board, key: str, value: str | int | None) -> Any:
+def config_set(board: Board, key: str, value: str | int | list[str] | None) -> Any:
     """Set (or with None, remove) one validated setting."""
     return call(board, "config.set", key=key, value=value)
+
+
+AckStatus = Literal["accepted", "rejected"]
+
+
+def attest(board: Board, *, cose: bool | None = None) -> dict[str, Any]:
+    """Take one reading now and sign it as the device's loop would (debugging).
+
+    The nonce comes from the device's own nonce store, so it is never used
+    again; the request is returned and NOT queued in the outbox.
+
+    Args:
+        cose: also (True) or never (False) make a COSE_Sign1 token; None: as
+            the device's ``attest.cose`` setting says.
+
+    Returns:
+        ``nonce``, ``payload`` (the JSON the device signed), ``request`` (the
+        POST /v1/task body) and, with COSE, ``cose`` (hex).
+
+    Example:
+        >>> attest(board)["request"]
+        '{"nonce":33,"projectID":"42","payload":{"timestamp":...},"signature":"0x..."}'
+    """
+    extra: dict[str, Any] = {} if cose is None else {"cose": cose}
+    result: dict[str, Any] = call(board, "attest", **extra)
+    return result
+
+
+def ack(
+    board: Board, nonce: int, status: AckStatus, *, task_id: str = "", reason: str = ""
+) -> dict[str, Any]:
+    """Acknowledge a message taken from the console: the device drops it from its outbox.
+
+    Returns:
+        ``nonce``, ``removed`` (False if it was not queued) and ``pending`` (messages left).
+    """
+    result: dict[str, Any] = call(
+        board, "ack", nonce=nonce, status=status, taskID=task_id, reason=reason
+    )
+    return result
+
+
+class SerialLike(Protocol):
+    """A raw serial port (pyserial ``Serial``, or ``serial_for_url``'s object)."""
+
+    def write(self, data: bytes) -> int | None: ...
+
+    def read(self, size: int = 1) -> bytes: ...
+
+
+def ack_inline(
+    port: SerialLike,
+    nonce: int,
+    status: AckStatus,
+    *,
+    task_id: str = "",
+    reason: str = "",
+    seen: bytearray | None = None,
+    timeout_s: float = 5.0,
+) -> dict[str, Any]:
+    """Acknowledge a message while the device's loop runs, without stopping it.
+
+    The request goes to the console as a framed line (``\\x1eIOC1 <len> <crc32>
+    <json>``), which the attestation loop reads between readings; it answers
+    with an agent frame. Use :func:`ack` when the board is in its REPL.
+
+    Args:
+        port: the board's raw serial port (not in raw-REPL use by anyone else).
+        seen: everything read while waiting is appended here, so the caller
+            keeps the task events that arrived meanwhile.
+
+    Returns:
+        ``nonce``, ``removed``, ``pending``, as :func:`ack`.
+
+    Raises:
+        AgentError: the device refused the request.
+        TransportError: no answer within ``timeout_s``.
+    """
+    rid = next(_ids)
+    body = json.dumps(
+        {
+            "v": API_VERSION,
+            "id": rid,
+            "op": "ack",
+            "nonce": nonce,
+            "status": status,
+            "taskID": task_id,
+            "reason": reason,
+        },
+        separators=(",", ":"),
+    ).encode()
+    port.write(b"\x1eIOC1 %d %08x " % (len(body), zlib.crc32(body)) + body + b"\n")
+    got = bytearray()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        chunk = port.read(4096)
+        got += chunk
+        if seen is not None:
+            seen += chunk
+        for m in _FRAME.finditer(got):
+            length, crc = int(m.group(1)), int(m.group(2), 16)
+            frame = bytes(got[m.end() : m.end() + length])
+            if len(frame) != length or zlib.crc32(frame) != crc:
+                continue
+            answer = json.loads(frame)
+            if isinstance(answer, dict) and answer.get("id") == rid and "ok" in answer:
+                if not answer["ok"]:
+                    err = answer.get("error") or {}
+                    raise AgentError(str(err.get("code", "error")), str(err.get("message", "")))
+                result: dict[str, Any] = answer["result"]
+                return result
+        if time.monotonic() > deadline:
+            raise TransportError(
+                f"no answer to the ack of nonce {nonce} within {timeout_s:g} s",
+                hint="is the attestation loop running on the board?",
+            )
+
+
+def parse_events(output: bytes) -> list[dict[str, Any]]:
+    """Every intact event frame (``{"event": ...}``) the device's loop printed, in order.
+
+    The serial fallback of the attestation loop prints ``task`` events (one
+    signed request each, ``nonce`` and ``body``) and ``started``/``halted``/
+    ``error`` events; damaged frames and other output are skipped.
+    """
+    events = []
+    for m in _FRAME.finditer(output):
+        length, crc = int(m.group(1)), int(m.group(2), 16)
+        body = output[m.end() : m.end() + length]
+        if len(body) != length or zlib.crc32(body) != crc:
+            continue
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and "event" in obj:
+            events.append(obj)
+    return events

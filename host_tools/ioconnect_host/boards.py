@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ __all__ = [
     "Pins",
     "TemperatureSensor",
     "UsbId",
+    "board_json",
     "boards_dir",
     "boards_for_usb",
     "list_boards",
@@ -261,6 +263,25 @@ def boards_dir() -> Path:
 def list_boards() -> list[str]:
     """Names of the shipped boards, sorted, e.g. ``["esp32", "esp32-c3", ...]``."""
     return sorted(p.stem for p in boards_dir().glob("*.toml"))
+
+
+def board_json(name_or_path: str | Path) -> bytes:
+    """The board file as the device reads it (``board.json`` on its filesystem).
+
+    The TOML is validated first (:func:`load_board`), then dumped as compact JSON
+    with the same tables and keys, so the firmware sees the file a user edits.
+
+    Example:
+        >>> json.loads(board_json("esp32"))["i2c"][0]["model"]
+        'sht3x'
+
+    Raises:
+        BoardError: unknown or invalid board definition.
+    """
+    board = load_board(name_or_path)
+    with board.source.open("rb") as f:
+        data = tomllib.load(f)
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 def load_board(name_or_path: str | Path) -> Board:

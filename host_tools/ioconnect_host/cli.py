@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
+from .cli_attest import add_attest_command
 from .cli_board import add_board_commands
 from .cli_demo import add_demo_command
 from .cli_deploy import add_deploy_command
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_relay_commands(sub)
     add_board_commands(sub)
     add_deploy_command(sub)
+    add_attest_command(sub)
     return parser
 
 

@@ -73,6 +73,11 @@ def power_on(flash, soft):
     global _faults_file
     if cfg.get("faults_path"):
         _faults_file = open(cfg["faults_path"])
+        # faults() reads into these: allocated now, with the shims (counted as
+        # the board's C code), not on the firmware's heap mid-request.
+        global _faults_buf, _faults_new
+        _faults_buf = bytearray(1024)
+        _faults_new = bytearray(1024)
     for name in cfg.get("preload", ()):
         __import__(name)
     fs = cfg.get("board", {}).get("filesystem", {})
@@ -110,14 +115,28 @@ _faults_file = None
 _faults = {}
 
 
+_faults_buf = None  # the file's last bytes: parsed again only when they change
+_faults_new = None
+
+
 def faults():
     # Faults set from the host (supervisor.VirtualBoard.set_fault), re-read on
     # every call through a file opened before the flash hid the host's folders.
-    global _faults
+    # Read into two preallocated buffers: this runs on every flash write and
+    # sensor access, in the firmware's heap, which a board's own C code would
+    # not touch (a fresh 1.3 KB string per call split the 96 KB heap).
+    global _faults, _faults_buf, _faults_new
     if _faults_file is None:
         return _faults
+    if _faults_buf is None:  # a VM started without power_on (tests)
+        _faults_buf = bytearray(1024)
+        _faults_new = bytearray(1024)
     _faults_file.seek(0)
-    text = _faults_file.read().strip()
+    n = _faults_file.readinto(_faults_new)
+    if n == len(_faults_buf) and _faults_new == _faults_buf:
+        return _faults
+    _faults_buf, _faults_new = _faults_new, _faults_buf
+    text = bytes(memoryview(_faults_buf)[:n]).strip()
     if text:
         try:
             _faults = json.loads(text)
