@@ -160,6 +160,10 @@ class Loop:
                 fresh = 0
             t3 = time.ticks_us()
             body = token = None
+            if fresh and self.delivery is not None:
+                # Over MQTT the console would say nothing: tell a watching host
+                # (the demo, `ioconnect monitor`) what was signed.
+                emit({"event": "signed", "nonce": fresh})
         if self.halted is not None:
             emit({"event": "halted", "reason": self.halted})
         self.last_us = (time.ticks_diff(t1, t0), time.ticks_diff(t2, t1), time.ticks_diff(t3, t2))

@@ -27,51 +27,62 @@ _SKIPPED_20 = const(0x80000)  # raw value of a measurement that was not made
 _data = bytearray(8)
 
 
-class Calibration:
-    def __init__(self, tp, h):
-        (self.t1, self.t2, self.t3, self.p1, self.p2, self.p3, self.p4, self.p5, self.p6,
-         self.p7, self.p8, self.p9) = struct.unpack("<HhhHhhhhhhhh", tp)
-        self.h1 = tp[25]
-        self.h2 = struct.unpack("<h", h[0:2])[0]
-        self.h3 = h[2]
-        e4 = h[3] - 256 if h[3] > 127 else h[3]  # signed msb of H4 and H5
-        e6 = h[5] - 256 if h[5] > 127 else h[5]
-        self.h4 = (e4 << 4) | (h[4] & 0x0F)
-        self.h5 = (e6 << 4) | (h[4] >> 4)
-        self.h6 = h[6] - 256 if h[6] > 127 else h[6]
+# Calibration words, in a tuple (a class instance would be a dict of 18 names:
+# about 1.3 KB, allocated on every reading on a loop's fragmented heap).
+_T1, _T2, _T3 = const(0), const(1), const(2)
+_P1, _P2, _P3, _P4, _P5, _P6, _P7, _P8, _P9 = (
+    const(3), const(4), const(5), const(6), const(7), const(8), const(9), const(10), const(11),
+)
+_H1, _H2, _H3, _H4, _H5, _H6 = const(12), const(13), const(14), const(15), const(16), const(17)
+
+_cals = {}  # type: dict  # address -> calibration: fixed in the chip NVM, read once
+
+
+def calibration(tp, h):
+    # tp: 26 bytes from 0x88, h: 7 bytes from 0xE1 -> the 18 calibration words.
+    e4 = h[3] - 256 if h[3] > 127 else h[3]  # signed msb of H4 and H5
+    e6 = h[5] - 256 if h[5] > 127 else h[5]
+    return struct.unpack("<HhhHhhhhhhhh", tp) + (
+        tp[25],
+        struct.unpack("<h", h[0:2])[0],
+        h[2],
+        (e4 << 4) | (h[4] & 0x0F),
+        (e6 << 4) | (h[4] >> 4),
+        h[6] - 256 if h[6] > 127 else h[6],
+    )
 
 
 def _t_fine(c, adc_t):
-    v1 = (((adc_t >> 3) - (c.t1 << 1)) * c.t2) >> 11
-    v2 = (((((adc_t >> 4) - c.t1) * ((adc_t >> 4) - c.t1)) >> 12) * c.t3) >> 14
+    v1 = (((adc_t >> 3) - (c[_T1] << 1)) * c[_T2]) >> 11
+    v2 = (((((adc_t >> 4) - c[_T1]) * ((adc_t >> 4) - c[_T1])) >> 12) * c[_T3]) >> 14
     return v1 + v2
 
 
 def _pressure_pa256(c, adc_p, t_fine):
     # Q24.8 Pa (datasheet BME280_compensate_P_int64).
     v1 = t_fine - 128000
-    v2 = v1 * v1 * c.p6
-    v2 = v2 + ((v1 * c.p5) << 17)
-    v2 = v2 + (c.p4 << 35)
-    v1 = ((v1 * v1 * c.p3) >> 8) + ((v1 * c.p2) << 12)
-    v1 = (((1 << 47) + v1) * c.p1) >> 33
+    v2 = v1 * v1 * c[_P6]
+    v2 = v2 + ((v1 * c[_P5]) << 17)
+    v2 = v2 + (c[_P4] << 35)
+    v1 = ((v1 * v1 * c[_P3]) >> 8) + ((v1 * c[_P2]) << 12)
+    v1 = (((1 << 47) + v1) * c[_P1]) >> 33
     if v1 == 0:
         raise SensorError("range")  # avoids a division by zero on a blank part
     p = 1048576 - adc_p
     p = (((p << 31) - v2) * 3125)
     p = p // v1 if p >= 0 else -((-p) // v1)  # C's int64 division truncates
-    v1 = (c.p9 * (p >> 13) * (p >> 13)) >> 25
-    v2 = (c.p8 * p) >> 19
-    return ((p + v1 + v2) >> 8) + (c.p7 << 4)
+    v1 = (c[_P9] * (p >> 13) * (p >> 13)) >> 25
+    v2 = (c[_P8] * p) >> 19
+    return ((p + v1 + v2) >> 8) + (c[_P7] << 4)
 
 
 def _humidity_1024(c, adc_h, t_fine):
     # Q22.10 %RH (datasheet bme280_compensate_H_int32).
     v = t_fine - 76800
-    x = ((adc_h << 14) - (c.h4 << 20) - (c.h5 * v) + 16384) >> 15
-    y = (((((v * c.h6) >> 10) * (((v * c.h3) >> 11) + 32768)) >> 10) + 2097152) * c.h2 + 8192
+    x = ((adc_h << 14) - (c[_H4] << 20) - (c[_H5] * v) + 16384) >> 15
+    y = (((((v * c[_H6]) >> 10) * (((v * c[_H3]) >> 11) + 32768)) >> 10) + 2097152) * c[_H2] + 8192
     v = x * (y >> 14)
-    v = v - (((((v >> 15) * (v >> 15)) >> 7) * c.h1) >> 4)
+    v = v - (((((v >> 15) * (v >> 15)) >> 7) * c[_H1]) >> 4)
     v = 0 if v < 0 else v
     v = 419430400 if v > 419430400 else v
     return v >> 12
@@ -97,7 +108,10 @@ def compensate(cal, data):
 def read(i2c, address):
     if i2c.readfrom_mem(address, _REG_ID, 1)[0] != _CHIP_ID:
         raise SensorError("id")
-    cal = Calibration(i2c.readfrom_mem(address, _REG_CALIB_TP, 26), i2c.readfrom_mem(address, _REG_CALIB_H, 7))
+    cal = _cals.get(address)
+    if cal is None:
+        cal = calibration(i2c.readfrom_mem(address, _REG_CALIB_TP, 26), i2c.readfrom_mem(address, _REG_CALIB_H, 7))
+        _cals[address] = cal
     i2c.writeto_mem(address, _REG_CTRL_HUM, _HUM_X1)  # takes effect with ctrl_meas
     i2c.writeto_mem(address, _REG_CTRL_MEAS, _MEAS_FORCED_X1)
     time.sleep_ms(_MEASURE_MS)

@@ -189,11 +189,15 @@ class Board:
 
         ``network`` only on Wi-Fi boards and ``esp32`` only on the ESP32 port, so
         that importing them fails elsewhere as it does on the real board. The
-        supervisor counts what these hold as the board's C code. ``_machx``
-        (ADC, I2C, RTC) and ``_i2cdev`` (sensor models) are left out: they are
-        imported on first use, in the firmware's heap.
+        supervisor counts what these hold as the board's C code. On a board with
+        I2C sensors, ``_machx`` (ADC, I2C, RTC) and ``_i2cdev`` (the sensor
+        models) too: on silicon an I2C transfer allocates nothing but its result,
+        so loading them mid-loop in the firmware's heap (1.3 KB at a time) would
+        fail readings a real board takes. Elsewhere they load on first use.
         """
         mods = ["_sensors", "machine"]
+        if self.i2c:
+            mods += ["_machx", "_i2cdev"]
         if self.network == "wifi":
             mods += ["network", "socket"]
         if self.port == "esp32":

@@ -120,14 +120,21 @@ def add_demo_command(sub: Sub) -> None:
         "was accepted exactly once.",
     )
     p.add_argument("--devices", type=_count, default=3, help="virtual boards (default 3)")
-    p.add_argument("--board", default="esp32", help="board type (a Wi-Fi board; default esp32)")
+    p.add_argument(
+        "--board", default="esp32-s3", help="board type, one with Wi-Fi (default esp32-s3)"
+    )
     end = p.add_mutually_exclusive_group()
     end.add_argument("--duration", type=_seconds, default=20.0, help="seconds to run (default 20)")
     end.add_argument("--messages", type=_count, default=None, help="readings per device, then stop")
     p.add_argument(
         "--interval", type=_count, default=1, help="seconds between readings (default 1)"
     )
-    p.add_argument("--broker", default=None, help="use this broker (mqtt://host:port)")
+    p.add_argument(
+        "--broker",
+        default="auto",
+        help="mqtt://host:port of a running broker, or start one: auto (mosquitto if "
+        "installed, else embedded), mosquitto, embedded (default auto)",
+    )
     p.add_argument("--project-id", default="42", help="W3bstream project id (default 42)")
     p.add_argument("--workdir", type=Path, default=None, help="keep the demo's files here")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")

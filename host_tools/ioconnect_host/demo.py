@@ -30,6 +30,7 @@ from typing import Any
 
 import serial
 
+from .boards import load_board
 from .broker import RunningBroker, start_broker
 from .errors import IoconnectError
 from .frames import FrameReader
@@ -52,11 +53,11 @@ class DemoOptions:
     """Args of ``ioconnect demo``; ``messages`` (per device) ends the run instead of time."""
 
     devices: int = 3
-    board: str = "esp32"
+    board: str = "esp32-s3"
     duration_s: float = 30.0
     messages: int | None = None
     interval_s: int = 1
-    broker: str | None = None  # None: start one here
+    broker: str = "auto"  # auto|mosquitto|embedded: start one here; else a broker URL
     project_id: str = "42"
     workdir: Path | None = None  # None: a temporary folder, removed at the end
     settle_s: float = 60.0  # how long to wait for the last readings to arrive
@@ -160,6 +161,11 @@ def run_demo(
     say = progress or (lambda text: None)
     if opts.devices < 1:
         raise DemoError("--devices must be at least 1")
+    if load_board(opts.board).network != "wifi":
+        raise DemoError(
+            f"board {opts.board!r} has no Wi-Fi: the demo's boards publish over MQTT",
+            hint="pick esp32-s3, esp32, esp32-c3 or rpi-pico-w",
+        )
     tmp = None
     if opts.workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="ioconnect-demo-")
@@ -170,11 +176,11 @@ def run_demo(
     stack: list[Callable[[], None]] = []
     try:
         broker_url, mqtt_version = opts.broker, "5"
-        if broker_url is None:
-            say("starting an MQTT broker")
-            running: RunningBroker = start_broker("auto")
+        if opts.broker in ("auto", "mosquitto", "embedded"):
+            running: RunningBroker = start_broker(opts.broker)  # type: ignore[arg-type]
             stack.append(running.stop)
             broker_url, mqtt_version = running.url, running.mqtt_version
+            say(f"MQTT broker ({running.kind}, MQTT {mqtt_version}) on {broker_url}")
         inventory = Inventory(work / "inventory.sqlite3")
         node = Node(work / "node.sqlite3", approved=inventory.is_approved)
         stack.append(node.close)
