@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from ioconnect_host import w3bstream as w3b
 from ioconnect_host.cli import main
 from ioconnect_host.demo import DemoOptions, DeviceView, _result, run_demo
 from ioconnect_host.node import Node
