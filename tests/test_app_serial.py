@@ -19,30 +19,12 @@ from typing import Any
 
 import coincurve
 import pytest
-from Crypto.Hash import keccak
+from boardsetup import PROJECT, k256, provision
 from ioconnect_host import agent
-from ioconnect_host.boards import board_json, load_board
-from ioconnect_host.identity import new_identity
+from ioconnect_host.boards import load_board
 from ioconnect_host.transport import SerialTransport
 from ioconnect_sim.launch import start_board
 from ioconnect_sim.supervisor import VirtualBoard
-
-PROJECT = "42"
-
-
-def k256(data: bytes) -> bytes:
-    return keccak.new(digest_bits=256, data=data).digest()
-
-
-def provision(flash: Path, board: str, settings: dict[str, Any] | None = None) -> str:
-    """Write identity, settings and board file into a board's flash; returns its address."""
-    flash.mkdir(parents=True, exist_ok=True)
-    ident = new_identity(flash, "secp256k1")  # made by the device code on MicroPython
-    (flash / "board.json").write_bytes(board_json(board))
-    cfg = {"w3bstream.project_id": PROJECT, "sample.interval_s": 1, **(settings or {})}
-    (flash / "config.json").write_text(json.dumps(cfg))
-    assert ident.address is not None
-    return ident.address
 
 
 def go_json(body: dict[str, Any], payload_raw: str) -> bytes:

@@ -13,13 +13,13 @@ from typing import Any
 import cbor2
 import coincurve
 import pytest
+from boardsetup import k256, provision
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from go.goref import go_reference, run_go
 from ioconnect_host import agent
 from ioconnect_host.cli import main
 from ioconnect_host.transport import SerialTransport
 from ioconnect_sim.launch import start_board
-from test_app_serial import k256, provision
 
 
 def cli(argv: list[str]) -> tuple[int, str, str]:

@@ -21,7 +21,7 @@ from ioconnect_host.boards import Board, board_json, list_boards, load_board
 from ioconnect_host.transport import SerialTransport
 from ioconnect_sim.launch import start_board
 from ioconnect_sim.supervisor import VirtualBoard
-from test_sim_hardware import bme280_float, crc8
+from sensorrefs import bme280_float, crc8
 
 BOARDS = list_boards()
 
