@@ -64,4 +64,8 @@ def test_virtual_flash_write_costs_the_firmware_no_heap(tmp_path: Path) -> None:
     finally:
         vb.stop()
     per_write = int(out.decode().split()[-1]) / 10
-    assert per_write < 600, per_write
+    # Short-lived garbage remains: the open file (32 B natively on this VM) and
+    # the wrapper that counts blocks against the partition for ENOSPC, about
+    # 670 B in all on the 64-bit VM. The old per-write read of the fault file
+    # added a 1.3 KB string on top: that must not come back.
+    assert per_write < 1000, per_write

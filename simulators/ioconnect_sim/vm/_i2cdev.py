@@ -190,15 +190,17 @@ class BME280:
 
 
 _MODELS = {"sht3x": SHT3x, "bme280": BME280}
-_devices = None
+# (sda, scl) -> {address: device}; the devices are made when this module loads
+# (at power-on when preloaded) and keep their state while powered. A bus asks
+# for its devices on every transfer: that must allocate nothing.
+_by_pins = {}
+for _spec in board.get("i2c", ()):
+    _by_pins.setdefault((_spec["sda"], _spec["scl"]), {})[_spec["address"]] = _MODELS[
+        _spec["model"]
+    ](_spec["name"])
+_NONE = {}
 
 
 def devices(sda, scl):
-    # {address: device} wired to these pins; devices keep state while powered.
-    global _devices
-    if _devices is None:
-        _devices = []
-        for spec in board.get("i2c", ()):
-            dev = _MODELS[spec["model"]](spec["name"])
-            _devices.append((spec["sda"], spec["scl"], spec["address"], dev))
-    return {a: d for (da, cl, a, d) in _devices if da == sda and cl == scl}
+    # {address: device} wired to these pins.
+    return _by_pins.get((sda, scl), _NONE)
