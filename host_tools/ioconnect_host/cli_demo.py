@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any, TypeAlias
 
+from .cli_args import number_in
 from .demo import DemoOptions, DemoResult, DeviceView, run_demo
 
 __all__ = ["add_demo_command"]
@@ -87,24 +88,8 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"{value} is out of range (1..1000)")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 1 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"{value:g} s is out of range (1..86400)")
-    return value
+_count = number_in(1, 1000, what="whole number")
+_seconds = number_in(1, 86400, what="number of seconds", kind=float)
 
 
 def add_demo_command(sub: Sub) -> None:

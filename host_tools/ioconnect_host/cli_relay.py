@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias
 
+from .cli_args import number_in
 from .errors import IoconnectError
 from .inventory import Inventory, default_inventory_path
 from .node import Approver, Node, serve
@@ -149,24 +150,8 @@ def _summary(service: RelayService) -> dict[str, object]:
     return {"ingest": dict(service.relay.counts), "posted": service.forwarder.posted}
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535)")
-    return value
+_positive = number_in(1, 1024, what="whole number")
+_port = number_in(0, 65535, what="port number")
 
 
 def add_relay_commands(sub: Sub) -> None:
