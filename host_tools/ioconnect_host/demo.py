@@ -271,10 +271,11 @@ def run_demo(
 def _result(views: list[DeviceView], relay_stats: dict[str, Any], stop_at: float) -> DemoResult:
     problems: list[str] = []
     latencies: list[float] = []
-    signed_total = 0
+    signed_total = accepted_total = 0
     for v in views:
         due = {n: t for n, t in v.signed.items() if t <= stop_at}
         signed_total += len(due)
+        accepted_total += sum(1 for n in due if n in v.accepted)
         missing = sorted(set(due) - set(v.accepted))
         if missing:
             problems.append(f"{v.name}: {len(missing)} signed readings never accepted: {missing}")
@@ -286,7 +287,7 @@ def _result(views: list[DeviceView], relay_stats: dict[str, Any], stop_at: float
     totals = {
         "devices": len(views),
         "signed": signed_total,
-        "accepted": sum(len(v.accepted) for v in views),
+        "accepted": accepted_total,  # of the readings signed before the stop
         "relayed": relay_stats["accepted"],
         "rejected": sum(relay_stats["rejections"].values()),
         "duplicates_suppressed": relay_stats["ingest"].get("duplicate", 0),
