@@ -180,6 +180,9 @@ def test_soft_reset_reruns_boot_and_main(board: VirtualBoard, console: Console) 
 def test_heap_budget_is_enforced(board: VirtualBoard) -> None:
     budget = load_board(board.config.board["name"]).heap_bytes  # type: ignore[arg-type]
     with SerialTransport(board.port) as t:
+        # A fresh heap: earlier tests on this module's board may have split it
+        # (the agent keeps its hash modules loaded), as a long-running board's is.
+        t.enter_raw_repl(soft_reset=True)
         assert t.eval(f"len(bytearray({budget // 8}))") == budget // 8
         _, err = t.exec_raw(f"bytearray({budget + 4096})")
         assert b"MemoryError" in err
