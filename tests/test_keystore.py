@@ -16,6 +16,7 @@ import coincurve
 from conftest import RunDevice
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from powercut import HARNESS
 
 CURVE_IDS = {1: "secp256k1", 2: "p256", 3: "ed25519"}
 SECP_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -260,54 +261,16 @@ def test_leftover_temp_file(device: RunDevice, tmp_path: Path) -> None:
     assert res["empty"][0] == "none" and "no identity" in res["empty"][1]
 
 
-# Power cuts: keys.open and keys.os are replaced inside the VM so that the
-# store's own writes and renames stop after a budget of N steps (one per byte
-# written, one per rename). The bytes written before the cut stay on the real
-# filesystem. A fresh VM then loads every directory.
-POWER_CUT = """
+# Power cuts inside the VM (tests/powercut.py) at every step of a key write;
+# a fresh VM then loads every directory.
+POWER_CUT = (
+    """
 import json, os
 from ioconnect import keys
-
-class PowerCut(Exception):
-    pass
-
-budget = [0]
-attempted = []
-_open = open
-
-class CutFile:
-    def __init__(self, f):
-        self.f = f
-    def __enter__(self):
-        return self
-    def __exit__(self, *exc):
-        self.f.close()
-    def write(self, b):
-        attempted.append(bytes(b).hex())
-        n = min(len(b), budget[0])
-        self.f.write(b[:n])
-        budget[0] -= n
-        if n < len(b):
-            raise PowerCut()
-        return n
-    def flush(self):
-        self.f.flush()
-
-def cut_open(path, mode="r"):
-    f = _open(path, mode)
-    return CutFile(f) if "w" in mode else f
-
-class CutOs:
-    def rename(self, a, b):
-        if budget[0] <= 0:
-            raise PowerCut()
-        budget[0] -= 1
-        os.rename(a, b)
-    def stat(self, p):
-        return os.stat(p)
-    def urandom(self, n):
-        return os.urandom(n)
-
+"""
+    + HARNESS
+    + """
+record[0] = True
 for scenario, top in json.load(open("cases.json")):
     for n in range(top + 1):
         d = "%s%d" % (scenario, n)
@@ -329,6 +292,7 @@ for scenario, top in json.load(open("cases.json")):
         keys.os = os
         print(json.dumps([d, old, attempted[0] if attempted else None, cut]))
 """
+)
 
 BLOB_LEN = 137  # p256 file
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from brokers import SimBoard
 from conftest import RunDevice
+from powercut import HARNESS
 
 FILE_LEN = 24
 
@@ -64,48 +65,14 @@ def test_reboots_continue_from_the_reservation(device: RunDevice, tmp_path: Path
     assert seen == sorted(set(seen))
 
 
-# Power cuts inside the VM, as tests/test_keystore.py does for the key file:
-# nonce.open and nonce.os are replaced so the store's writes and renames stop
-# after a budget of N steps (one per byte written, one per rename); the bytes
-# written before the cut stay on the real filesystem. A fresh VM then carries on.
-POWER_CUT = """
+# Power cuts inside the VM (tests/powercut.py) at every step of a reservation.
+POWER_CUT = (
+    """
 import json, os
 from ioconnect import nonce
-
-class PowerCut(Exception):
-    pass
-
-budget = [0]
-_open = open
-
-class CutFile:
-    def __init__(self, f):
-        self.f = f
-    def __enter__(self):
-        return self
-    def __exit__(self, *exc):
-        self.f.close()
-    def write(self, b):
-        n = min(len(b), budget[0])
-        self.f.write(b[:n])
-        budget[0] -= n
-        if n < len(b):
-            raise PowerCut()
-        return n
-    def flush(self):
-        self.f.flush()
-
-def cut_open(path, mode="r"):
-    f = _open(path, mode)
-    return CutFile(f) if "w" in mode else f
-
-class CutOs:
-    def rename(self, a, b):
-        if budget[0] <= 0:
-            raise PowerCut()
-        budget[0] -= 1
-        os.rename(a, b)
-
+"""
+    + HARNESS
+    + """
 cases = json.load(open("cases.json"))
 for n in range(cases["steps"] + 1):
     d = "cut%d" % n
@@ -128,6 +95,7 @@ for n in range(cases["steps"] + 1):
     nonce.os = os
     print(json.dumps([d, before + handed, cut]))
 """
+)
 
 AFTER_CUT = """
 import json, os

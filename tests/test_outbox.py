@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from brokers import SimBoard
 from conftest import RunDevice
+from powercut import HARNESS
 
 
 def body(n: int) -> bytes:
@@ -132,53 +133,14 @@ def test_leftovers_at_open(device: RunDevice, tmp_path: Path) -> None:
     assert sorted(p.name for p in ob.iterdir()) == ["7", "dropped", "notes"]
 
 
-# Power cuts inside the VM, as tests/test_keystore.py does: outbox.open and
-# outbox.os are replaced so writes, renames and removes stop after N steps.
-POWER_CUT = """
+# Power cuts inside the VM (tests/powercut.py) at every step of a put.
+POWER_CUT = (
+    """
 import json, os
 from ioconnect import outbox
-
-class PowerCut(Exception):
-    pass
-
-budget = [0]
-_open = open
-
-class CutFile:
-    def __init__(self, f):
-        self.f = f
-    def __enter__(self):
-        return self
-    def __exit__(self, *exc):
-        self.f.close()
-    def write(self, b):
-        n = min(len(b), budget[0])
-        self.f.write(b[:n])
-        budget[0] -= n
-        if n < len(b):
-            raise PowerCut()
-        return n
-
-def cut_open(path, mode="r"):
-    f = _open(path, mode)
-    return CutFile(f) if "w" in mode else f
-
-class CutOs:
-    def _step(self):
-        if budget[0] <= 0:
-            raise PowerCut()
-        budget[0] -= 1
-    def rename(self, a, b):
-        self._step()
-        os.rename(a, b)
-    def remove(self, p):
-        self._step()
-        os.remove(p)
-    def mkdir(self, p):
-        os.mkdir(p)
-    def ilistdir(self, p):
-        return os.ilistdir(p)
-
+"""
+    + HARNESS
+    + """
 cases = json.load(open("cases.json"))
 for n in range(cases["steps"] + 1):
     d = "cut%d" % n
@@ -198,6 +160,7 @@ for n in range(cases["steps"] + 1):
     outbox.os = os
     print(json.dumps([d, cut]))
 """
+)
 
 REOPEN = """
 import json, os
