@@ -169,12 +169,8 @@ class MQTTClient:
                 raise MQTTError("broker refused the connection: " + why)
             self._ping_at = None
             return bool(self._rx[0] & 1)
-        except MQTTError:
-            self.close()
-            raise
-        except OSError as e:
-            self.close()
-            raise MQTTError(_os_reason("connect", e))
+        except OSError as e:  # MQTTError included
+            raise self._broken(e, "connect")
         except ValueError as e:
             # mbedTLS reports a failed certificate check as ValueError(<verify info>).
             self.close()
@@ -230,6 +226,12 @@ class MQTTClient:
                 pass
 
     # -- operations -----------------------------------------------------
+
+    def _broken(self, e, what):
+        # A failed operation leaves the link unusable: close it; the error to
+        # raise says what failed (an OSError becomes an MQTTError).
+        self.close()
+        return e if isinstance(e, MQTTError) else MQTTError(_os_reason(what, e))
     def _next_pid(self):
         self._pid = self._pid % 65535 + 1
         return self._pid
@@ -265,12 +267,8 @@ class MQTTClient:
                 if t == _PUBACK and self._rn == 2 and (self._rx[0] << 8 | self._rx[1]) == pid:
                     return
                 self._handle(t)
-        except MQTTError:
-            self.close()
-            raise
-        except OSError as e:
-            self.close()
-            raise MQTTError(_os_reason("publish", e))
+        except OSError as e:  # MQTTError included
+            raise self._broken(e, "publish")
 
     def subscribe(self, topic, qos=1):
         self._live()
@@ -295,12 +293,8 @@ class MQTTClient:
                         raise MQTTError("broker refused the subscription to %s" % topic.decode())
                     return
                 self._handle(t)
-        except MQTTError:
-            self.close()
-            raise
-        except OSError as e:
-            self.close()
-            raise MQTTError(_os_reason("subscribe", e))
+        except OSError as e:  # MQTTError included
+            raise self._broken(e, "subscribe")
 
     def ping(self):
         self._live()
@@ -308,12 +302,8 @@ class MQTTClient:
             self._write(self._ping, 2, time.ticks_add(time.ticks_ms(), self.timeout_ms))
             if self._ping_at is None:
                 self._ping_at = time.ticks_ms()
-        except MQTTError:
-            self.close()
-            raise
-        except OSError as e:
-            self.close()
-            raise MQTTError(_os_reason("ping", e))
+        except OSError as e:  # MQTTError included
+            raise self._broken(e, "ping")
 
     def poll(self, timeout_ms=0):
         """Handle what arrived (up to timeout_ms for the first packet); keep the link alive."""
@@ -333,12 +323,8 @@ class MQTTClient:
                 t = self._read_packet(time.ticks_add(time.ticks_ms(), self.timeout_ms), "packet")
                 self._handle(t)
                 wait = 0
-        except MQTTError:
-            self.close()
-            raise
-        except OSError as e:
-            self.close()
-            raise MQTTError(_os_reason("poll", e))
+        except OSError as e:  # MQTTError included
+            raise self._broken(e, "poll")
 
     # -- packets in -----------------------------------------------------
     def _handle(self, t):
