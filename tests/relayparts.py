@@ -87,6 +87,14 @@ class FakeDeviceLink:
             time.sleep(0.05)
         self.client.publish(tasks_topic("42", DEVICE), payload, qos=1).wait_for_publish(10)
 
+    def send(self, payload: bytes, timeout_s: float = 30) -> dict[str, Any]:
+        """Publish one reading and wait for its ack, as the firmware does (window 1:
+        relays on a shared subscription must see a device's nonces in order, a
+        nonce below the high-water mark is refused as a replay)."""
+        nonce = json.loads(payload)["nonce"]
+        self.publish(payload)
+        return self.wait_acks(len(self.acks | {nonce: {}}), timeout_s)[nonce]
+
     def wait_acks(self, n: int, timeout_s: float = 30) -> dict[int, dict[str, Any]]:
         """Wait for n acks; like the firmware, publish again what stays unacknowledged
         (a broker restart can lose a message published before the relay's shared

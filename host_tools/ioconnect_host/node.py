@@ -23,6 +23,7 @@ import contextlib
 import json
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -232,6 +233,13 @@ class NodeServer(ThreadingHTTPServer):
         finally:
             with self._conns_lock:
                 self._conns.discard(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up before its answer is a client's business (a relay
+        # retries; the task is already stored), not a traceback on the console.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
     @property
     def port(self) -> int:
