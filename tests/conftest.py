@@ -18,6 +18,11 @@ RunDevice = Callable[..., list[Any]]
 # Real MQTT parts (mosquitto broker fixture, acker): tests/brokers.py.
 pytest_plugins = ("brokers",)
 
+# Virtual boards move bytes at their wire's speed by default (115200 baud on an
+# ESP32 DevKit: 30 s for a firmware deploy). Tests lift it, here, before any board
+# or subprocess starts; tests/test_sim_linerate.py checks the wire with fast=False.
+os.environ.setdefault("IOCONNECT_SIM_FAST", "1")
+
 
 def run_device(
     code: str,

@@ -151,6 +151,24 @@ class I2CDevice:
     scl: int
 
 
+#: USB full speed moves at most 19 bulk packets of 64 bytes per 1 ms frame (USB 2.0
+#: spec 5.8.4): the ceiling of a native-USB CDC console (S3, C3, RP2040).
+USB_FULL_SPEED_BULK_BYTES_PER_S = 19 * 64 * 1000
+
+
+@dataclass(frozen=True)
+class Console:
+    """The line the REPL is on: a UART behind a USB bridge, or the chip's own USB."""
+
+    link: Literal["uart", "usb"]
+    baud: int  # UART only (0 on USB)
+
+    @property
+    def bytes_per_s(self) -> int:
+        """Payload bytes per second the line carries (8N1: ten bits a byte on a UART)."""
+        return self.baud // 10 if self.link == "uart" else USB_FULL_SPEED_BULK_BYTES_PER_S
+
+
 @dataclass(frozen=True)
 class Board:
     """One board definition, validated."""
@@ -167,6 +185,7 @@ class Board:
     network: Network
     unique_id_bytes: int
     mac_oui: str
+    console: Console
     flash: Flash
     filesystem: Filesystem
     usb: tuple[UsbId, ...]
@@ -438,6 +457,7 @@ def _parse(data: Mapping[str, object], label: str, path: Path) -> Board:
     if network == "none" and mac_oui:
         raise top.error("mac_oui", "must be empty on a board without network")
 
+    console = _console(top.get_table("console"))
     flash = _flash(top.get_table("flash"))
     filesystem = _filesystem(top.get_table("filesystem"), flash)
     usb = tuple(_usb(t) for t in top.get_tables("usb", allow_empty=False))
@@ -465,6 +485,7 @@ def _parse(data: Mapping[str, object], label: str, path: Path) -> Board:
         network=network,
         unique_id_bytes=unique_id_bytes,
         mac_oui=mac_oui,
+        console=console,
         flash=flash,
         filesystem=filesystem,
         usb=usb,
@@ -473,6 +494,13 @@ def _parse(data: Mapping[str, object], label: str, path: Path) -> Board:
         i2c=devices,
         source=path,
     )
+
+
+def _console(t: _Table) -> Console:
+    link = cast(Literal["uart", "usb"], t.get_choice("link", ("uart", "usb")))
+    baud = t.get_int("baud", 1200, 12_000_000) if link == "uart" else 0
+    t.done()
+    return Console(link, baud)
 
 
 def _flash(t: _Table) -> Flash:

@@ -89,13 +89,23 @@ def _start(args: argparse.Namespace) -> int:
     _state_folder(args.state or default_state_dir(name), name, list_running())
     if args.detach:
         rec = start_detached(
-            args.board, name=name, state_dir=args.state, seed=args.seed, heap=args.heap
+            args.board,
+            name=name,
+            state_dir=args.state,
+            seed=args.seed,
+            heap=args.heap,
+            fast=args.fast or None,
         )
         port, state = rec.port, rec.state_dir
         uart = rec.uart_port
     else:
         vb = start_board(
-            args.board, name=name, state_dir=args.state, seed=args.seed, heap=args.heap
+            args.board,
+            name=name,
+            state_dir=args.state,
+            seed=args.seed,
+            heap=args.heap,
+            fast=args.fast or None,
         )
         port, state = vb.port, str(vb.config.state_dir)
         uart = vb.uart_port
@@ -269,6 +279,12 @@ def add_sim_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     start.add_argument(
         "--heap", type=_heap, help="heap override, e.g. 200K (default: the board's budget)"
+    )
+    start.add_argument(
+        "--fast",
+        action="store_true",
+        help="lift the serial line's speed limit (default: the board's wire, e.g. 115200 "
+        "baud on an ESP32 DevKit, USB full speed on S3/C3/Pico)",
     )
     start.add_argument("--detach", action="store_true", help="run in the background")
     start.add_argument("--json", action="store_true", help="print one JSON object")

@@ -18,10 +18,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heap")
+    parser.add_argument("--fast", action="store_true")
     args = parser.parse_args(argv)
     try:
         vb = start_board(
-            args.board, name=args.name, state_dir=args.state, seed=args.seed, heap=args.heap
+            args.board,
+            name=args.name,
+            state_dir=args.state,
+            seed=args.seed,
+            heap=args.heap,
+            fast=args.fast,
         )
     except IoconnectError as err:
         print(f"ioconnect-sim: error: {err}", file=sys.stderr)

@@ -157,6 +157,7 @@ def start_board(
     seed: int = 0,
     heap: str | None = None,
     install_firmware: bool = True,
+    fast: bool | None = None,
 ) -> VirtualBoard:
     """Power on a virtual ``board`` (a name from boards/, e.g. ``"esp32"``).
 
@@ -168,6 +169,9 @@ def start_board(
         heap: heap override (default: the board's budget).
         install_firmware: put the firmware on a blank flash (False: a blank board,
             as from the factory, for ``ioconnect deploy``).
+        fast: lift the console wire's speed limit (the board file's ``[console]``:
+            115200 baud on an ESP32 DevKit, USB full speed elsewhere). Default:
+            the ``IOCONNECT_SIM_FAST`` environment variable ("1": fast), else the wire's.
 
     Returns:
         The started board; ``.port`` is its serial port.
@@ -191,6 +195,7 @@ def start_board(
         seed=seed,
         preload=spec.sim_preload(),
         vm_cache=home() / "cache" / f"vmlib-{host_mpy_arch()}",
+        line_rate=0 if _fast(fast) else spec.console.bytes_per_s,
     )
     if install_firmware:
         _install_firmware_if_blank(config.flash_dir)
@@ -199,6 +204,10 @@ def start_board(
     # Listed and stoppable from any process (`sim list`, `sim stop`) like a detached one.
     _write_record(RunningBoard(name, board, vb.port, os.getpid(), str(state.absolute())))
     return vb
+
+
+def _fast(fast: bool | None) -> bool:
+    return os.environ.get("IOCONNECT_SIM_FAST") == "1" if fast is None else fast
 
 
 def _write_record(rec: RunningBoard) -> None:
@@ -243,6 +252,7 @@ def start_detached(
     seed: int = 0,
     heap: str | None = None,
     timeout_s: float = 30.0,
+    fast: bool | None = None,
 ) -> RunningBoard:
     """Start a board in a background process that outlives this one.
 
@@ -258,6 +268,8 @@ def start_detached(
     argv += ["--state", str(state), "--seed", str(seed)]
     if heap:
         argv += ["--heap", heap]
+    if _fast(fast):
+        argv.append("--fast")
     log = state / "supervisor.log"
     rotate_if_larger(log, _SUPERVISOR_LOG_LIMIT)  # bounded across restarts
     out = open_private_append(log)

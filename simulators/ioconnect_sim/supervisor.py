@@ -33,6 +33,7 @@ from ioconnect_host.vm import micropython_command
 
 from .boardlog import DEFAULT_LOG_LIMIT, RotatingLog
 from .interrupt import interrupt_safely
+from .linerate import Line
 from .statelock import StateLockedError, hold_state_lock, open_control
 from .vmlib import compile_vm_lib, vm_dir
 
@@ -119,6 +120,7 @@ class SimConfig:
     preload: list[str] = field(default_factory=list)
     vm_cache: Path | None = None  # compiled console/shims; shared by a fleet (default: state_dir)
     log_limit: int = DEFAULT_LOG_LIMIT  # bytes per console.log file (one rotated file kept)
+    line_rate: int = 0  # the console wire's bytes/s each way (boards.Console); 0: no limit
 
     @property
     def flash_dir(self) -> Path:
@@ -217,6 +219,9 @@ class VirtualBoard:
         self._wdt_timeout_s = 0.0
         self._wdt_deadline = 0.0
         self._powered_on_us = 0  # monotonic time of the last power-on or hard reset
+        self._line_in = Line(config.line_rate)  # host -> board
+        self._line_out = Line(config.line_rate)  # board -> host
+        self._out_resume = 0.0  # the VM's output waits for the wire until then (0: reading)
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> str:
@@ -481,6 +486,10 @@ class VirtualBoard:
             if self._pending:
                 self._pump()
                 timeout = max(0.0, min(timeout, self._retry_at - time.monotonic()))
+            if self._to_vm:
+                timeout = min(timeout, self._line_in.wait_s())
+            if self._out_resume:
+                timeout = min(timeout, self._resume_vm_out())
             for key, _ in self._sel.select(timeout=timeout):
                 what = key.data
                 if what == "wake":
@@ -566,11 +575,31 @@ class VirtualBoard:
         proc = self._proc
         if proc is None or proc.stdout is None:
             return
+        room = self._line_out.allowed(4096)
+        if not room:
+            # The wire is busy: leave the VM's output in its pipe (its print waits,
+            # as on a UART whose FIFO is full) until the line has room again.
+            self._sel.unregister(proc.stdout.fileno())
+            self._out_resume = time.monotonic() + self._line_out.wait_s()
+            return
         try:
-            data = os.read(proc.stdout.fileno(), 4096)
+            data = os.read(proc.stdout.fileno(), room)
         except BlockingIOError:
             return
+        self._line_out.spend(len(data))
         self._host_out(data)
+
+    def _resume_vm_out(self) -> float:
+        """Read the VM's output again once the wire has room; seconds left to wait."""
+        left = self._out_resume - time.monotonic()
+        if left > 0:
+            return left
+        self._out_resume = 0.0
+        proc = self._proc
+        if proc is not None and proc.stdout is not None and not proc.stdout.closed:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.register(proc.stdout.fileno(), selectors.EVENT_READ, "out")
+        return 0.2
 
     def _host_out(self, data: bytes) -> None:
         # Cook newlines like a board's stdout: a bare LF becomes CR LF.
@@ -687,9 +716,11 @@ class VirtualBoard:
 
     def _flush(self) -> None:
         if self._to_vm and self._proc and not self._dying:
+            room = self._line_in.allowed(len(self._to_vm))
             try:
-                n = os.write(self._stdin_w, self._to_vm)
+                n = os.write(self._stdin_w, self._to_vm[:room]) if room else 0
                 del self._to_vm[:n]
+                self._line_in.spend(n)
             except (BlockingIOError, BrokenPipeError):
                 pass
         if self._to_host:
