@@ -6,7 +6,10 @@ ratios are mpremote's time over ours, medians of ``--runs`` rounds, all
 measured in this one run. Our compiled build is cached by content; the cold
 build time is reported apart (``build_cold_s``).
 
-    python benchmarks/deploy.py [--board esp32] [--runs 5]
+    python benchmarks/deploy.py [--board esp32] [--runs 5] [--fast]
+
+Boards move bytes at their wire's speed (the board file's ``[console]``) unless
+``--fast``: the ratios then say how the tools do on the desk.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ioconnect_host.boards import load_board
 from ioconnect_host.deploy import firmware_files
 from ioconnect_host.firmware import host_mpy_arch
 from ioconnect_sim.launch import start_board
@@ -39,9 +43,11 @@ def timed(argv: list[str], cwd: Path | None = None) -> tuple[float, str]:
     return seconds, done.stdout
 
 
-def round_ours(board: str, root: Path) -> dict[str, float]:
+def round_ours(board: str, root: Path, fast: bool) -> dict[str, float]:
     out = {}
-    with start_board(board, name="bench-ours", state_dir=root, install_firmware=False) as vb:
+    with start_board(
+        board, name="bench-ours", state_dir=root, install_firmware=False, fast=fast
+    ) as vb:
         for kind in ("first", "no_change"):
             seconds, text = timed([str(BIN / "ioconnect"), "deploy", "--port", vb.port, "--json"])
             summary = json.loads(text)
@@ -53,11 +59,13 @@ def round_ours(board: str, root: Path) -> dict[str, float]:
     return out
 
 
-def round_mpremote(board: str, root: Path, tree: Path) -> dict[str, float]:
+def round_mpremote(board: str, root: Path, tree: Path, fast: bool) -> dict[str, float]:
     out = {}
     argv = [str(BIN / "mpremote"), "connect", "PORT", "fs", "cp", "-r", *sorted(
         p.name for p in tree.iterdir()), ":"]  # fmt: skip
-    with start_board(board, name="bench-mpr", state_dir=root, install_firmware=False) as vb:
+    with start_board(
+        board, name="bench-mpr", state_dir=root, install_firmware=False, fast=fast
+    ) as vb:
         argv[2] = vb.port
         for kind in ("first", "no_change"):
             out[kind], _ = timed(argv, cwd=tree)
@@ -74,6 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--board", default="esp32")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--fast", action="store_true", help="no wire speed limit")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
         base = Path(tmp)
@@ -87,8 +96,8 @@ def main() -> None:
             (tree / f.path).write_bytes(f.data)
         ours, theirs = [], []
         for i in range(args.runs):  # interleaved: both see the same machine load
-            ours.append(round_ours(args.board, base / f"ours{i}"))
-            theirs.append(round_mpremote(args.board, base / f"mpr{i}", tree))
+            ours.append(round_ours(args.board, base / f"ours{i}", args.fast))
+            theirs.append(round_mpremote(args.board, base / f"mpr{i}", tree, args.fast))
 
     def med(rows: list[dict[str, float]], key: str) -> float:
         return round(statistics.median(r[key] for r in rows), 3)
@@ -98,6 +107,7 @@ def main() -> None:
             {
                 "board": args.board,
                 "machine": platform.machine(),
+                "wire_bytes_per_s": 0 if args.fast else load_board(args.board).console.bytes_per_s,
                 "runs": args.runs,
                 "files": len(files),
                 "bytes": sum(len(f.data) for f in files),

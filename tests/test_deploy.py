@@ -115,6 +115,28 @@ def test_first_deploy_to_blank_board_then_no_change(blank: VirtualBoard) -> None
     assert blank.boots == boots  # nothing changed: no reset either
 
 
+@pytest.mark.parametrize("change", ["edited", "removed", "shadowed"])
+def test_changes_made_behind_our_back_are_found(blank: VirtualBoard, change: str) -> None:
+    # The manifest still says all is well: the board's files themselves are hashed.
+    with open_session(select_port(blank.port)) as s:
+        deploy(s)
+    did = flash(blank) / "ioconnect" / "did.mpy"
+    if change == "edited":
+        did.write_bytes(did.read_bytes() + b"\0")
+    elif change == "removed":
+        did.unlink()
+    else:  # a source beside the module: the board would import it instead
+        (flash(blank) / "ioconnect" / "did.py").write_text("raise ImportError('shadow')\n")
+    with open_session(select_port(blank.port)) as s:
+        r = deploy(s)
+    if change == "shadowed":
+        assert (r.files_sent, r.files_deleted) == ([MANIFEST], ["ioconnect/did.py"])
+    else:
+        assert r.files_sent == ["ioconnect/did.mpy", MANIFEST]
+    assert on_flash(blank, list(expected(None))) == expected(None)
+    assert not (flash(blank) / "ioconnect" / "did.py").exists()
+
+
 def test_one_changed_module_sends_just_it(blank: VirtualBoard, tmp_path: Path) -> None:
     with open_session(select_port(blank.port)) as s:
         deploy(s)
