@@ -74,6 +74,7 @@ def test_info_and_provision_on_every_board(
         spec = load_board(board)
         machine = f"{spec.board_name} with {spec.mcu_name}"  # os.uname().machine, as on a board
         assert info["board"] == machine and info["api"] == 1 and info["firmware"] == "0.1.0"
+        assert info["board_file"] == board  # our name for it, what --board takes
         assert info["identity"] == {"state": "none"}
 
         out = tmp_path / "bundle.json"

@@ -103,15 +103,21 @@ def _ports(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from .provision import board_from_facts
+
     with _board(args) as board:
         info = board.info()
         info["port"] = board.port
+        # The board says what it is ("<board_name> with <mcu_name>"); our name for it
+        # (the board file, what --board takes) is found from that.
+        info["board_file"] = board_from_facts(str(info.get("board") or ""), "", board.ref.board)
     ident = info.get("identity") or {}
+    named = f"{info['board_file']} ({info.get('board')})" if info["board_file"] else info["board"]
 
     def text() -> None:
         _rows([
             ("Port", info["port"]),
-            ("Board", info.get("board")),
+            ("Board", named),
             ("Firmware", info.get("firmware")),
             ("MicroPython", info.get("micropython")),
             ("Agent API", info.get("api")),
