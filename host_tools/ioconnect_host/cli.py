@@ -26,6 +26,7 @@ from .cli_demo import add_demo_command
 from .cli_deploy import add_deploy_command
 from .cli_relay import add_relay_commands
 from .cli_sim import add_sim_commands
+from .cli_verify import add_verify_command
 from .errors import IoconnectError, UsageError
 from .identity import CURVES, DEFAULT_DIR, Identity, new_identity, show_identity
 
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_board_commands(sub)
     add_deploy_command(sub)
     add_attest_command(sub)
+    add_verify_command(sub)
     return parser
 
 
