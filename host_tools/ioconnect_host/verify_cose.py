@@ -240,6 +240,11 @@ def verify_cose(data: bytes, claim: Claim | None) -> Verdict:
         )
         v.fail(f"{alg_name} signature has {len(tok.signature)} bytes, not {want}")
         return v
+    if claim is not None and claim.curve is not None and claim.curve != curve:
+        v.signer_checked = True
+        v.add("claimed signer", claim.label, f"a {claim.curve} key", False)
+        v.fail(f"signed with {curve} ({alg_name}), but {claim.label} is a {claim.curve} key")
+        return v
     key, source = _key_for(curve, tok, tbs, kid, claim)
     if key is None:
         v.add("signature", "0x" + tok.signature.hex(), f"no key of {source} made it", False)
@@ -265,9 +270,7 @@ def verify_cose(data: bytes, claim: Claim | None) -> Verdict:
         _check_kid(v, curve, key, kid)
     if claim is not None:
         v.signer_checked = True
-        if claim.curve is not None and claim.curve != curve:
-            v.fail(f"signed with {curve} ({alg_name}), but {claim.label} is a {claim.curve} key")
-        elif claim.public_key is not None and claim.public_key != key:
+        if claim.public_key is not None and claim.public_key != key:
             v.fail(f"not signed by {claim.label}")
         elif claim.address is not None and address_of_key(curve, key) != claim.address:
             v.fail(f"signed by {did}, not by {claim.address} ({claim.label})")
@@ -301,7 +304,7 @@ def _key_for(
     if kid is not None and kid.startswith("did:key:"):
         kid_curve, key = decode_did_key(kid)
         if kid_curve == curve:
-            return key, "from the kid (did:key)"
+            return key, "the kid's key (did:key)"
     address = claim.address if claim is not None else None
     if address is None and kid is not None and kid.lower().startswith("did:io:"):
         address = kid.lower()[7:]
