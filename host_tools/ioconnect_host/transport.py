@@ -266,6 +266,10 @@ class SerialTransport:
         self._write(b"\r" + _CTRL_B)
         self.in_raw_repl = False
 
+    def send(self, data: bytes) -> None:
+        """Raw bytes to the console (control keys: Ctrl-D soft-resets the friendly REPL)."""
+        self._write(data)
+
     def exec_raw(self, code: str | bytes, *, timeout_s: float = 30.0) -> tuple[bytes, bytes]:
         """Run ``code`` and return (stdout, traceback text); the board's prompt is consumed."""
         if not self.in_raw_repl:
