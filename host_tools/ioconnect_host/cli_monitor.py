@@ -163,7 +163,6 @@ def _repl(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     done = threading.Event()
     with open_console(ref.port) as link:
-        print(f"repl: {ref.port}; Ctrl-] quits", file=sys.stderr)
 
         def board_to_terminal() -> None:
             while not done.is_set():
@@ -179,6 +178,8 @@ def _repl(args: argparse.Namespace) -> int:
         reader = threading.Thread(target=board_to_terminal, name="repl-reader", daemon=True)
         reader.start()
         saved = _raw_tty(stdin.fileno()) if interactive else None
+        # \r\n: the terminal may be raw now.
+        print(f"repl: {ref.port}; Ctrl-] quits", end="\r\n", file=sys.stderr, flush=True)
         try:
             _terminal_to_board(stdin.fileno(), link, done)
         finally:
@@ -197,7 +198,9 @@ def _raw_tty(fd: int) -> list[Any]:
     import tty
 
     saved = termios.tcgetattr(fd)
-    tty.setraw(fd)  # keys go to the board as typed: Ctrl-C interrupts it, not us
+    # Keys go to the board as typed (Ctrl-C interrupts it, not us); TCSADRAIN,
+    # not setraw's default TCSAFLUSH, keeps what was typed ahead.
+    tty.setraw(fd, termios.TCSADRAIN)
     return saved
 
 

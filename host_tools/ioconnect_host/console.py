@@ -135,6 +135,12 @@ def _after(seen: bytes, mark: bytes) -> bytes | None:
     return None if i < 0 else seen[i + len(mark) :]
 
 
+def _whole(text: bytes, marker: bytes) -> bool:
+    # The marker and the rest of its line (a prompt has no line end).
+    i = text.find(marker)
+    return i >= 0 and (marker == b">>> " or b"\n" in text[i:])
+
+
 def _alive_after(link: serial.Serial, mark: bytes, timeout_s: float) -> bytes | None:
     """Output after ``mark`` once it holds a sign of life; None on timeout."""
     seen = bytearray()
@@ -142,7 +148,7 @@ def _alive_after(link: serial.Serial, mark: bytes, timeout_s: float) -> bytes | 
     while time.monotonic() < deadline:
         seen += link.read(max(1, link.in_waiting))
         rest = _after(bytes(seen), mark)
-        if rest is not None and any(m in rest for m in _ALIVE):
+        if rest is not None and any(_whole(rest, m) for m in _ALIVE):
             return rest
     return None
 
