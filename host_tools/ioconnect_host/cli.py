@@ -24,6 +24,7 @@ from .cli_attest import add_attest_command
 from .cli_board import add_board_commands
 from .cli_demo import add_demo_command
 from .cli_deploy import add_deploy_command
+from .cli_doctor import add_doctor_command
 from .cli_monitor import add_console_commands
 from .cli_relay import add_relay_commands
 from .cli_sim import add_sim_commands
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_attest_command(sub)
     add_verify_command(sub)
     add_console_commands(sub)
+    add_doctor_command(sub)
     return parser
 
 
