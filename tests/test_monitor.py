@@ -21,10 +21,14 @@ from typing import IO, Any
 
 import coincurve
 import pytest
-from boardsetup import PROJECT, provision
+from boardsetup import PROJECT, k256, provision
 from ioconnect_host.cli import main
 from ioconnect_host.console import ConsoleSplitter
 from ioconnect_host.frames import encode_frame
+from ioconnect_host.identity import show_identity
+from ioconnect_host.inventory import Device, Inventory
+from ioconnect_host.monitor import FrameChecker
+from ioconnect_host.signer import claim_from
 from ioconnect_sim.launch import start_board
 from ioconnect_sim.supervisor import VirtualBoard
 
@@ -261,3 +265,69 @@ def test_repl_on_a_terminal_raw_then_restored(idle: VirtualBoard) -> None:
             proc.kill()
         os.close(master)
         os.close(slave)
+
+
+def test_monitor_identity_from_the_inventory(
+    looping: tuple[VirtualBoard, str], tmp_path: Path
+) -> None:
+    vb, address = looping
+    ident = show_identity(vb.config.flash_dir)  # read by the device code, as provisioning does
+    inv = tmp_path / "inventory.sqlite3"
+
+    def record(public_key: str) -> None:
+        Inventory(inv).record(Device(
+            did=f"did:io:{address}", address=address, public_key=public_key, curve="secp256k1",
+            board="esp32", usb_serial=None, firmware="0.1.0", project_id=PROJECT,
+            project_version=None, provisioned_at="2026-01-01T00:00:00Z",
+            updated_at="2026-01-01T00:00:00Z",
+        ))  # fmt: skip
+
+    port = f"sim:{vb.config.name}"
+    absent = subprocess.run(
+        [*CLI, "monitor", "-p", port, "--inventory", str(inv)], capture_output=True, timeout=120
+    )
+    assert absent.returncode == 1 and b"no inventory at" in absent.stderr
+    assert ident.public_key is not None
+    record(ident.public_key)
+    run = subprocess.run(
+        [*CLI, "monitor", "-p", port, "--inventory", str(inv), "--frames", "2"],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert b"(from the board, as recorded in the inventory)" in run.stderr
+    # The inventory knows this DID with another key: the board is not who it says.
+    other = coincurve.PrivateKey().public_key.format(compressed=False).hex()
+    record(other)
+    run = subprocess.run(
+        [*CLI, "monitor", "-p", port, "--inventory", str(inv), "--frames", "2"],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert run.stderr.decode().strip().endswith("are different keys")
+
+
+def test_frame_checker_nonces() -> None:
+    key = coincurve.PrivateKey()
+    address = "0x" + k256(key.public_key.format(compressed=False)[1:])[12:].hex()
+    checker = FrameChecker(claim_from(address=address))
+
+    def task(nonce: int, payload: str) -> dict[str, Any]:
+        signed = b'{"nonce":%d,"projectID":"1","payload":%s}' % (nonce, payload.encode())
+        sig = key.sign_recoverable(hashlib.sha256(signed).digest(), hasher=None)[:64]
+        body = signed[:-1] + b',"signature":"0x' + sig.hex().encode() + b'"}'
+        return {"event": "task", "nonce": nonce, "body": body.decode()}
+
+    first = task(5, '{"t":1}')
+    assert checker.check(first).valid
+    assert checker.check(dict(first)).valid  # resent unchanged: fine
+    again = checker.check(task(5, '{"t":2}'))  # same nonce, another reading
+    assert (
+        not again.valid and again.reason == "nonce 5 came before with another body (replayed nonce)"
+    )
+    assert checker.check({"event": "signed", "nonce": 8}).valid
+    late = checker.check({"event": "signed", "nonce": 7})
+    assert not late.valid and late.reason == "nonce 7 after 8: replayed or reordered"
+    broken = checker.check({"event": "task", "nonce": 9})
+    assert not broken.valid and "needs 'nonce' (integer) and 'body'" in broken.reason
+    assert checker.check({"event": "started", "interval_s": 1}).valid
+    assert not checker.check([1, 2]).valid

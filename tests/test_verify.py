@@ -8,8 +8,10 @@ forged and truncated copies, each refused with its own reason and exit status.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from eth_account.messages import encode_defunct
 from ioconnect_host.boards import board_json
 from ioconnect_host.cli import main
 from ioconnect_host.frames import encode_frame
+from ioconnect_host.inventory import Device, Inventory
 from ioconnect_host.ports import BoardRef
 from ioconnect_host.session import open_session
 from ioconnect_sim.launch import start_board
@@ -397,3 +400,27 @@ def test_text_explains_field_by_field(device: dict[str, Any], capsys: Any, tmp_p
     assert any(line.startswith("  ok  signer:") for line in lines)
     code, out, err = verify(capsys, tmp_path, device["task"])
     assert code == 0 and "the signer was not compared with anyone" in out
+
+
+def test_stdin_and_inventory_key(
+    device: dict[str, Any], capsys: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(device["task"].encode())))
+    assert main(["verify", "-", "--address", device["k1"]["address"]]) == 0
+    assert capsys.readouterr().out.startswith("w3bstream: VALID")
+    # A P-256 did:io names no key; the inventory has it.
+    ident, token = device["p256"]
+    inv = tmp_path / "inv.sqlite3"
+    Inventory(inv).record(Device(
+        did=ident["did"], address=ident["address"], public_key=ident["public_key"], curve="p256",
+        board="rpi-pico", usb_serial=None, firmware="0.1.0", project_id="42",
+        project_version=None, provisioned_at="2026-01-01T00:00:00Z",
+        updated_at="2026-01-01T00:00:00Z",
+    ))  # fmt: skip
+    r = verdict(capsys, tmp_path, token, "--did", ident["did"], "--inventory", str(inv))
+    assert r["valid"] and r["signer_checked"]
+    assert field(r, "public key")["note"] == f"the key of {ident['did']}"
+    code, line = refused(
+        capsys, tmp_path, token, "--did", device["k1"]["did"], "--inventory", str(inv)
+    )
+    assert code == 1 and f"no device {device['k1']['did']}" in line

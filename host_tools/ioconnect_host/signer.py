@@ -181,10 +181,10 @@ def _from_key(text: str, curve: str | None, *, label: str) -> Claim:
 
 
 def _merge(a: Claim, b: Claim) -> Claim:
-    if a.address and b.address and a.address != b.address:
-        raise MalformedError(f"{a.label} and {b.label} are different identities")
     if a.public_key and b.public_key and a.public_key != b.public_key:
         raise MalformedError(f"{a.label} and {b.label} are different keys")
+    if a.address and b.address and a.address != b.address:
+        raise MalformedError(f"{a.label} and {b.label} are different identities")
     return Claim(
         label=a.label,
         address=a.address or b.address,
