@@ -331,3 +331,28 @@ def test_frame_checker_nonces() -> None:
     assert not broken.valid and "needs 'nonce' (integer) and 'body'" in broken.reason
     assert checker.check({"event": "started", "interval_s": 1}).valid
     assert not checker.check([1, 2]).valid
+
+
+def test_monitor_finds_the_board_again(looping: tuple[VirtualBoard, str], tmp_path: Path) -> None:
+    vb, address = looping
+    proc = subprocess.Popen(
+        [*CLI, "monitor", "-p", f"sim:{vb.config.name}", "--address", address, "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    lines = Lines(proc)
+    before = len(frames(lines.until(lambda seen: len(frames(seen)) >= 1)))
+    old_port = vb.port
+    vb.stop()  # the port goes away, as a USB board's does when it resets
+    again = start_board("esp32", name=vb.config.name, state_dir=tmp_path)
+    try:
+        seen = lines.until(lambda seen: len(frames(seen)) >= before + 2)
+        notes = [e["text"] for e in seen if e["type"] == "notice"]
+        assert notes[0].startswith(f"lost {old_port}")
+        assert notes[-1] == f"found the board again on {again.port}"
+        assert all(f["verdict"]["valid"] for f in frames(seen))
+        code, err, _rest = interrupt(proc)
+        assert code == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        again.stop()

@@ -27,8 +27,9 @@ from .monitor import (
     now_ms,
     watch,
 )
-from .ports import PORT_ENV, select_port
+from .ports import PORT_ENV, find_again, select_port
 from .signer import Claim, claim_from
+from .transport import PortError
 
 __all__ = ["add_console_commands"]
 
@@ -105,18 +106,29 @@ def _monitor(args: argparse.Namespace) -> int:
 
     out = sys.stdout.buffer
     pending = bytearray()  # --json: text is sent a line at a time
+
+    def show(event: MonitorEvent) -> None:
+        if args.json:
+            _json_event(event, pending)
+        elif event.kind == "text":
+            out.write(event.data)
+            out.flush()
+        elif event.kind == "damaged":
+            print(f"\n[damaged frame, length or CRC wrong] {event.data[:80]!r}", flush=True)
+        else:
+            print(_frame_line(event), flush=True)
+
     try:
-        with open_console(ref.port) as link:
-            for event in watch(link, checker, stop=stop, tally=tally):
-                if args.json:
-                    _json_event(event, pending)
-                elif event.kind == "text":
-                    out.write(event.data)
-                    out.flush()
-                elif event.kind == "damaged":
-                    print(f"\n[damaged frame, length or CRC wrong] {event.data[:80]!r}", flush=True)
-                else:
-                    print(_frame_line(event), flush=True)
+        while not stop():
+            try:
+                with open_console(ref.port) as link:
+                    for event in watch(link, checker, stop=stop, tally=tally):
+                        show(event)
+            except PortError as exc:
+                # Reset, unplugged, re-enumerated: find the same board again.
+                _notice(args, f"lost {ref.port} ({exc.args[0]}); looking for the board again")
+                ref = find_again(ref, timeout_s=args.reconnect)
+                _notice(args, f"found the board again on {ref.port}")
     except KeyboardInterrupt:
         pass  # Ctrl-C: the normal way out
     if args.json and pending:
@@ -133,6 +145,13 @@ def _monitor(args: argparse.Namespace) -> int:
               f"{tally.reasons[0]}", file=sys.stderr)  # fmt: skip
         return 1
     return 0
+
+
+def _notice(args: argparse.Namespace, text: str) -> None:
+    if args.json:
+        _print_json({"type": "notice", "text": text})
+    else:
+        print(f"\n[monitor] {text}", flush=True)
 
 
 def _print_json(obj: dict[str, Any]) -> None:
@@ -252,6 +271,10 @@ def add_console_commands(sub: Sub) -> None:
     mon.add_argument("--signed-key", action="append", metavar="KEY", help="project signed key")
     mon.add_argument("--frames", type=int, help="stop after this many frames")
     mon.add_argument("--duration", type=float, help="stop after this many seconds")
+    mon.add_argument(
+        "--reconnect", type=float, default=30.0,
+        help="seconds to look for the board after its port went away (30)",
+    )  # fmt: skip
     mon.add_argument("--json", action="store_true", help="one JSON object per line")
     mon.set_defaults(handler=_monitor)
 
