@@ -424,3 +424,25 @@ def test_stdin_and_inventory_key(
         capsys, tmp_path, token, "--did", device["k1"]["did"], "--inventory", str(inv)
     )
     assert code == 1 and f"no device {device['k1']['did']}" in line
+
+
+def test_provision_bundle(capsys: Any, tmp_path: Path) -> None:
+    """The bundle `ioconnect provision --owner` writes, as it is written."""
+    with start_board("rpi-pico", name=f"verify-prov-{os.getpid()}", state_dir=tmp_path / "b") as vb:
+        bundle = tmp_path / "bundle.json"
+        inv = tmp_path / "inv.sqlite3"
+        code = main([
+            "provision", "--port", vb.port, "--project-id", "7", "--owner", OWNER,
+            "--chain-id", "4690", "--nonce", "11", "--out", str(bundle), "--inventory", str(inv),
+        ])  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    did = json.loads(bundle.read_text())["did"]
+    r = verdict(capsys, tmp_path, bundle.read_bytes(), "--did", did, "--inventory", str(inv))
+    assert r["kind"] == "ioid" and r["valid"] and field(r, "nonce")["value"] == "11"
+    claims = [f for f in r["fields"] if f["name"] == "claimed signer"]
+    assert [c["ok"] for c in claims] == [True, True]  # the bundle's device, and the inventory's
+    other = json.loads(bundle.read_text())
+    other["ioid_permit"]["nonce"] = 12  # a permit for another registry nonce
+    code, line = refused(capsys, tmp_path, json.dumps(other))
+    assert code == 1 and "digest is not the EIP-712 digest" in line
