@@ -237,6 +237,13 @@ class Board:
             "network": self.network,
             "unique_id_bytes": self.unique_id_bytes,
             "mac_oui": self.mac_oui,
+            "flash": {
+                "size": self.flash.size,
+                "firmware_offset": self.flash.firmware_offset,
+                "firmware_format": self.flash.firmware_format,
+                "image_base": self.flash.image_base,
+                "uf2_family": self.flash.uf2_family,
+            },
             "filesystem": {
                 "offset": self.filesystem.offset,
                 "size": self.filesystem.size,

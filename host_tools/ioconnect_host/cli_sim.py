@@ -95,6 +95,7 @@ def _start(args: argparse.Namespace) -> int:
             seed=args.seed,
             heap=args.heap,
             fast=args.fast or None,
+            bootsel=args.bootsel,
         )
         port, state = rec.port, rec.state_dir
         uart = rec.uart_port
@@ -106,6 +107,7 @@ def _start(args: argparse.Namespace) -> int:
             seed=args.seed,
             heap=args.heap,
             fast=args.fast or None,
+            bootsel=args.bootsel,
         )
         port, state = vb.port, str(vb.config.state_dir)
         uart = vb.uart_port
@@ -133,17 +135,20 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from ioconnect_sim.launch import list_running
+    from ioconnect_sim.launch import bootsel_drive, list_running
 
     boards = list_running()
     if args.json:
-        print(json.dumps([asdict(b) for b in boards]))
+        print(json.dumps([{**asdict(b), "bootsel_drive": bootsel_drive(b)} for b in boards]))
         return 0
     if not boards:
         print("no virtual boards running")
     for b in boards:
         print(f"{b.name:<16} {b.board:<12} {b.port:<14} pid {b.pid}  {b.state_dir}")
         print(f"{'':<16} UART(1) {b.uart_port}")
+        drive = bootsel_drive(b)
+        if drive:
+            print(f"{'':<16} BOOTSEL drive {drive}")
     return 0
 
 
@@ -287,6 +292,12 @@ def add_sim_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "baud on an ESP32 DevKit, USB full speed on S3/C3/Pico)",
     )
     start.add_argument("--detach", action="store_true", help="run in the background")
+    start.add_argument(
+        "--bootsel",
+        action="store_true",
+        help="power on held in BOOTSEL (Pico boards): an RPI-RP2 drive folder in the state "
+        "folder takes a UF2, which becomes the board's flash (see `sim list`)",
+    )
     start.add_argument("--json", action="store_true", help="print one JSON object")
     start.set_defaults(handler=_start)
 

@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heap")
     parser.add_argument("--fast", action="store_true")
+    parser.add_argument("--bootsel", action="store_true")
     args = parser.parse_args(argv)
     try:
         vb = start_board(
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             heap=args.heap,
             fast=args.fast,
+            bootsel=args.bootsel,
         )
     except IoconnectError as err:
         print(f"ioconnect-sim: error: {err}", file=sys.stderr)

@@ -36,12 +36,15 @@ from ioconnect_host.firmware import host_build, host_mpy_arch
 from ioconnect_host.paths import home
 
 from .boardlog import open_private_append, rotate_if_larger
+from .bootsel import drive_path
+from .flashfs import has_flash
 from .statelock import lock_holder, process_start_time, send_control
 from .supervisor import SimConfig, VirtualBoard
 
 __all__ = [
     "RunningBoard",
     "SimError",
+    "bootsel_drive",
     "default_state_dir",
     "find_running",
     "list_running",
@@ -73,6 +76,12 @@ class RunningBoard:
     state_dir: str
     own_process: bool = False
     uart_port: str = ""  # UART(1)'s pty ("" in records of older versions)
+
+
+def bootsel_drive(rec: RunningBoard) -> str | None:
+    """The board's RPI-RP2 drive folder while it is in BOOTSEL, else None."""
+    path = drive_path(Path(rec.state_dir))
+    return str(path) if (path / "INFO_UF2.TXT").is_file() else None
 
 
 def default_state_dir(name: str) -> Path:
@@ -158,6 +167,7 @@ def start_board(
     heap: str | None = None,
     install_firmware: bool = True,
     fast: bool | None = None,
+    bootsel: bool = False,
 ) -> VirtualBoard:
     """Power on a virtual ``board`` (a name from boards/, e.g. ``"esp32"``).
 
@@ -172,6 +182,8 @@ def start_board(
         fast: lift the console wire's speed limit (the board file's ``[console]``:
             115200 baud on an ESP32 DevKit, USB full speed elsewhere). Default:
             the ``IOCONNECT_SIM_FAST`` environment variable ("1": fast), else the wire's.
+        bootsel: a UF2 board (Pico) powers on in BOOTSEL: its RPI-RP2 drive
+            (``<state>/RPI-RP2``) appears instead of MicroPython.
 
     Returns:
         The started board; ``.port`` is its serial port.
@@ -196,8 +208,11 @@ def start_board(
         preload=spec.sim_preload(),
         vm_cache=home() / "cache" / f"vmlib-{host_mpy_arch()}",
         line_rate=0 if _fast(fast) else spec.console.bytes_per_s,
+        bootsel=bootsel,
     )
-    if install_firmware:
+    # A board that was flashed boots from its flash file; one held in BOOTSEL
+    # waits for a UF2: neither gets the firmware folder.
+    if install_firmware and not bootsel and not has_flash(state):
         _install_firmware_if_blank(config.flash_dir)
     vb = VirtualBoard(config)
     vb.start()
@@ -253,6 +268,7 @@ def start_detached(
     heap: str | None = None,
     timeout_s: float = 30.0,
     fast: bool | None = None,
+    bootsel: bool = False,
 ) -> RunningBoard:
     """Start a board in a background process that outlives this one.
 
@@ -270,6 +286,8 @@ def start_detached(
         argv += ["--heap", heap]
     if _fast(fast):
         argv.append("--fast")
+    if bootsel:
+        argv += ["--bootsel"]
     log = state / "supervisor.log"
     rotate_if_larger(log, _SUPERVISOR_LOG_LIMIT)  # bounded across restarts
     out = open_private_append(log)

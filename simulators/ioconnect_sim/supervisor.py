@@ -22,6 +22,7 @@ import re
 import selectors
 import shutil
 import subprocess
+import termios
 import threading
 import time
 import tty
@@ -32,6 +33,8 @@ from ioconnect_host.errors import IoconnectError
 from ioconnect_host.vm import micropython_command
 
 from .boardlog import DEFAULT_LOG_LIMIT, RotatingLog
+from .bootsel import Drive
+from .flashfs import mount_config
 from .interrupt import interrupt_safely
 from .linerate import Line
 from .statelock import StateLockedError, hold_state_lock, open_control
@@ -119,6 +122,7 @@ class SimConfig:
     seed: int = 0
     preload: list[str] = field(default_factory=list)
     vm_cache: Path | None = None  # compiled console/shims; shared by a fleet (default: state_dir)
+    bootsel: bool = False  # power on held in BOOTSEL (a UF2 board): the drive, no VM
     log_limit: int = DEFAULT_LOG_LIMIT  # bytes per console.log file (one rotated file kept)
     line_rate: int = 0  # the console wire's bytes/s each way (boards.Console); 0: no limit
 
@@ -222,6 +226,7 @@ class VirtualBoard:
         self._line_in = Line(config.line_rate)  # host -> board
         self._line_out = Line(config.line_rate)  # board -> host
         self._out_resume = 0.0  # the VM's output waits for the wire until then (0: reading)
+        self._drive: Drive | None = None  # the BOOTSEL drive while the board is in BOOTSEL
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> str:
@@ -251,6 +256,8 @@ class VirtualBoard:
         os.set_blocking(self._master, False)
         self.port = os.ttyname(self._slave)
         self._open_uart()
+        # A fresh start clears faults injected into an earlier run.
+        (cfg.state_dir / "faults.json").write_bytes(b"{}".ljust(_FAULTS_SIZE))
         self._write_sim_json()
         self._heap = self._vm_heap()
         self._sel.register(self._master, selectors.EVENT_READ, "host")
@@ -259,10 +266,13 @@ class VirtualBoard:
         self._sel.register(self._ctl, selectors.EVENT_READ, "ctl")
         # Every VM is started by the relay thread (see _boot: it dies with it).
         self._next, self._boot_at = (False, "power_on"), time.monotonic()
+        if cfg.bootsel and self._uf2_board():
+            self._boot_at = None
+            self._open_drive()
         self._thread = threading.Thread(target=self._run, name=f"sim-{cfg.name}", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
-        while self.boots == 0 and time.monotonic() < deadline:
+        while self.boots == 0 and self._drive is None and time.monotonic() < deadline:
             time.sleep(0.005)
         return self.port
 
@@ -297,6 +307,9 @@ class VirtualBoard:
         # Closed numbers get reused by other files: never write to them again.
         self._master = self._slave = self._wake_r = self._wake_w = self._ctl = -1
         self._close_uart()
+        if self._drive:  # unplugged: the drive goes with the board
+            self._drive.close()
+            self._drive = None
         if self._log:
             self._log.close()
             self._log = None
@@ -350,6 +363,7 @@ class VirtualBoard:
     # -- VM process --------------------------------------------------------
     def _write_sim_json(self) -> None:
         cfg = self.config
+        fs = cfg.board.get("filesystem")
         data = {
             "name": cfg.name,
             "board": cfg.board,
@@ -360,9 +374,9 @@ class VirtualBoard:
             "uart_fd": self._uart_master,  # UART(1), inherited by every VM (pass_fds)
             "build_date": "2026-07-05",
             "started_at": time.time(),
+            # Once something was flashed, the VM mounts the littlefs in that flash.
+            "flash_image": mount_config(cfg.state_dir, _partition(fs)) if fs else None,
         }
-        # A fresh start clears faults injected into an earlier run.
-        (cfg.state_dir / "faults.json").write_bytes(b"{}".ljust(_FAULTS_SIZE))
         tmp = cfg.state_dir / "sim.json.tmp"
         tmp.write_text(json.dumps(data))
         tmp.replace(cfg.state_dir / "sim.json")
@@ -503,6 +517,8 @@ class VirtualBoard:
                 elif what == "ctl":
                     self._from_control()
             self._check_wdt()
+            self._check_touch()
+            self._check_drive()
             self._check_vm()
 
     def _check_wdt(self) -> None:
@@ -682,6 +698,10 @@ class VirtualBoard:
             self._deepsleep_ms = int(arg) if word == "deepsleep" else 0
             cause = {"reset": "hard", "soft": "soft", "deepsleep": "deepsleep"}[word]
             self._restart(False, cause)
+        elif word == "bootloader":
+            # machine.bootloader(): the rp2 boot ROM's USB drive. (ESP32 download
+            # mode is not emulated here: the board resets.)
+            self._restart(False, "bootsel" if self._uf2_board() else "hard")
         elif word == "wdt":
             self._wdt_timeout_s = int(arg) / 1000
             self._wdt_deadline = time.monotonic() + self._wdt_timeout_s
@@ -695,6 +715,10 @@ class VirtualBoard:
 
     def _restart(self, raw: bool, cause: str) -> None:
         with self._lock:
+            if self._proc is None and cause == "bootsel":  # off: straight into BOOTSEL
+                self._boot_at = None
+                self._open_drive()
+                return
             if self._proc is None:  # asleep or between boots: power on now
                 self._next, self._boot_at = (raw, cause), time.monotonic()
                 self._wake()
@@ -749,12 +773,18 @@ class VirtualBoard:
             if not due or self._stop.is_set() or time.monotonic() < (self._boot_at or 0):
                 return
             self._boot_at = None
+        if self._drive:  # powered on again (a power cut): out of BOOTSEL
+            self._drive.close()
+            self._drive = None
         self._boot(raw=self._next[0], cause=self._next[1])
 
     def _next_boot(self, code: int, pending: tuple[bool, str] | None) -> tuple[bool, str, float]:
         """(raw REPL?, reset cause, seconds until power-on; -1: only a power cut wakes it)."""
         if pending is not None:
             raw, cause = pending
+            if cause == "bootsel":
+                self._open_drive()
+                return raw, cause, -1
             if cause == "deepsleep":
                 return raw, cause, self._deepsleep_ms / 1000 if self._deepsleep_ms else -1
             return raw, cause, 0
@@ -767,3 +797,71 @@ class VirtualBoard:
             self._log.write(f"[sim] VM exited with status {code}; rebooting\n".encode())
         return False, "hard", 0.5
 
+
+    # -- BOOTSEL (UF2 boards) ----------------------------------------------
+    def _uf2_board(self) -> bool:
+        flash = self.config.board.get("flash")
+        return isinstance(flash, dict) and flash.get("firmware_format") == "uf2"
+
+    def _open_drive(self) -> None:
+        flash = self.config.board["flash"]
+        assert isinstance(flash, dict)
+        drive = Drive(
+            self.config.state_dir,
+            family=int(flash["uf2_family"]),
+            base=int(flash["image_base"]),
+            flash_size=int(flash["size"]),
+        )
+        drive.open()
+        self._drive = drive
+        self._log_line(f"[sim] BOOTSEL: drive {drive.path}")
+
+    def _check_drive(self) -> None:
+        drive = self._drive
+        if drive is None:
+            return
+        outcome = drive.poll()
+        if outcome is None:
+            return
+        if outcome.error is not None:
+            self._log_line(f"[sim] BOOTSEL: refused {outcome.name}: {outcome.error}")
+            return
+        self._log_line(f"[sim] BOOTSEL: flashed {outcome.name} ({outcome.blocks} blocks)")
+        # The boot ROM reboots into the new flash once the last block is written.
+        drive.close()
+        self._drive = None
+        self._write_sim_json()
+        with self._lock:
+            self._next, self._boot_at = (False, "power_on"), time.monotonic()
+
+    def _check_touch(self) -> None:
+        # The "1200 baud touch": the rp2 port's USB CDC enters the bootloader when
+        # the host sets 1200 baud (shared/tinyusb/mp_usbd_cdc.c). A pty has no
+        # DTR, so the speed alone counts; it is set back so it fires once.
+        if self._drive is not None or self._slave < 0 or not self._uf2_board():
+            return
+        try:
+            attrs = termios.tcgetattr(self._slave)
+        except termios.error:
+            return
+        if attrs[5] != termios.B1200:
+            return
+        attrs[4] = attrs[5] = termios.B115200
+        with contextlib.suppress(termios.error):
+            termios.tcsetattr(self._slave, termios.TCSANOW, attrs)
+        self._log_line("[sim] 1200 baud touch: entering BOOTSEL")
+        self._restart(False, "bootsel")
+
+
+@dataclass(frozen=True)
+class _Partition:
+    """The board file's [filesystem] table (flashfs.Partition)."""
+
+    offset: int
+    size: int
+    block_size: int
+
+
+def _partition(fs: object) -> _Partition:
+    assert isinstance(fs, dict)
+    return _Partition(int(fs["offset"]), int(fs["size"]), int(fs["block_size"]))

@@ -82,7 +82,13 @@ def power_on(flash, soft):
         __import__(name)
     fs = cfg.get("board", {}).get("filesystem", {})
     global flash_fs
-    flash_fs = SimFlash(flash, fs.get("size", 1 << 20), fs.get("block_size", 4096), faults)
+    image = cfg.get("flash_image")
+    if image:  # something was flashed: mount the littlefs partition of that flash
+        import _flashbd
+
+        flash_fs = _flashbd.mount(image, faults)
+    else:
+        flash_fs = SimFlash(flash, fs.get("size", 1 << 20), fs.get("block_size", 4096), faults)
     os.umount("/")
     os.mount(flash_fs, "/")
     os.chdir("/")

@@ -45,6 +45,12 @@ def soft_reset():
     _halt()
 
 
+def bootloader(value=None):
+    # rp2: the boot ROM's USB drive (BOOTSEL); the supervisor shows it.
+    _b.ctl("bootloader")
+    _halt()
+
+
 def deepsleep(time_ms=0):
     _b.ctl("deepsleep %d" % time_ms)
     _halt()
