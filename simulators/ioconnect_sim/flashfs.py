@@ -73,7 +73,9 @@ def _fs(image: bytearray | None, size: int, block: int, mount: bool) -> littlefs
         read_size=_READ_SIZE,
         prog_size=_PROG_SIZE,
         lookahead_size=32,
-        disk_version=_DISK_VERSION,
+        # Images we make are 2.0, which every MicroPython reads; when reading, a
+        # board's newer littlefs may have moved its partition on to 2.1.
+        disk_version=_DISK_VERSION if image is None else 0,
         mount=False,
     )
     if image is not None:
