@@ -25,6 +25,7 @@ from .cli_board import add_board_commands
 from .cli_demo import add_demo_command
 from .cli_deploy import add_deploy_command
 from .cli_doctor import add_doctor_command
+from .cli_flash import add_flash_command
 from .cli_image import add_image_commands
 from .cli_monitor import add_console_commands
 from .cli_relay import add_relay_commands
@@ -175,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_console_commands(sub)
     add_doctor_command(sub)
     add_image_commands(sub)
+    add_flash_command(sub)
     return parser
 
 

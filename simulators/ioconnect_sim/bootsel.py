@@ -3,17 +3,21 @@
 A Pico held in BOOTSEL shows a FAT drive labelled RPI-RP2 holding INFO_UF2.TXT
 and INDEX.HTM; a UF2 file copied onto it is written to flash block by block,
 and once every block of the file has arrived the chip reboots into it. Here
-the drive is ``<state>/RPI-RP2``; a file copied there is taken once it has
-stopped changing, checked as a whole (UF2 magic numbers, the board's family
-id, addresses inside the flash, a complete block set), and its pages are
-written into the board's flash file (``flashfs``), erasing each 4 KiB sector
-they touch as the boot ROM does; the rest of the flash keeps what it held.
-A file that fails a check is removed and the reason logged; the drive stays.
+the drive is ``<state>/RPI-RP2``; a file copied there is taken once no
+process has it open any more (the writer closed it), checked as a whole (UF2
+magic numbers, the board's family id, addresses inside the flash, a complete
+block set), and its pages are written into the board's flash file
+(``flashfs``), erasing each 4 KiB sector they touch as the boot ROM does; the
+rest of the flash keeps what it held. A file that fails a check is removed
+and the reason logged; the drive stays.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,29 @@ _INDEX = (
     "</body></html>\r\n"
 )
 _SECTOR = 4096  # the flash's erase unit
+
+
+def _closed(path: Path) -> bool | None:
+    """True when no process has ``path`` open; None where the kernel cannot tell.
+
+    A write lease is granted only while nobody else holds the file open, so
+    a copy that pauses mid-way (page cache flushing) is never taken as done.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    except OSError as exc:
+        # EAGAIN: still open elsewhere; otherwise no leases here (then: unchanged
+        # size and time across two looks).
+        return False if exc.errno == errno.EAGAIN else None
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return True
+    finally:
+        os.close(fd)
 
 
 def drive_path(state_dir: Path) -> Path:
@@ -72,7 +99,7 @@ class Drive:
         shutil.rmtree(self.path, ignore_errors=True)
 
     def poll(self) -> Outcome | None:
-        """Take the first copied file that has stopped changing since the last poll."""
+        """Take the first copied file that its writer has closed."""
         try:
             entries = sorted(self.path.iterdir())
         except FileNotFoundError:
@@ -83,7 +110,8 @@ class Drive:
                 continue
             st = entry.stat()
             now[entry.name] = (st.st_size, st.st_mtime_ns)
-            if self._seen.get(entry.name) == now[entry.name]:
+            closed = _closed(entry)
+            if closed or (closed is None and self._seen.get(entry.name) == now[entry.name]):
                 return self._take(entry)
         self._seen = now
         return None

@@ -1,0 +1,98 @@
+"""``ioconnect flash``: put MicroPython (or an ``image build`` image) on a board.
+
+Dispatches on the board file's ``[flash].firmware_format``: ``uf2`` boards
+(the Pico family) go through the BOOTSEL drive (:mod:`.flash_uf2`); ``bin``
+boards (the ESP32 family, esptool) register their flasher in ``FLASHERS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeAlias
+
+from .boards import Board
+from .errors import UsageError
+from .ports import BoardRef
+
+__all__ = ["FLASHERS", "add_flash_command"]
+
+Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+#: firmware_format -> flasher(board, args, ref) returning the JSON report.
+Flasher: TypeAlias = Callable[[Board, argparse.Namespace, "BoardRef | None"], dict[str, object]]
+
+
+def _flash_uf2(board: Board, args: argparse.Namespace, ref: BoardRef | None) -> dict[str, object]:
+    from .flash_uf2 import flash_uf2
+
+    result = flash_uf2(
+        board,
+        args.firmware,
+        ref=ref,
+        drive=args.drive,
+        timeout_s=args.timeout,
+        erase_identity=args.erase_identity,
+        say=lambda text: (
+            print(text, file=sys.stderr, flush=True) if "WARNING" in text or not args.json else None
+        ),
+    )
+    return result.to_json()
+
+
+FLASHERS: dict[str, Flasher] = {"uf2": _flash_uf2}
+# "bin" (ESP32 family, esptool as a library) is registered here by its module.
+
+
+def _flash(args: argparse.Namespace) -> int:
+    from .boards import load_board
+    from .ports import select_port
+
+    ref = None if args.bootsel_only else select_port(args.port)
+    name = args.board or (ref.board if ref else None)
+    if name is None:
+        raise UsageError("give --board: the port does not say which board it is")
+    board = load_board(name)
+    flasher = FLASHERS.get(board.flash.firmware_format)
+    if flasher is None:
+        raise UsageError(
+            f"flashing {board.flash.firmware_format} images ({board.name}) is not available here"
+        )
+    if not args.firmware.is_file():
+        raise UsageError(f"--firmware {args.firmware}: no such file")
+    report = flasher(board, args, ref)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"flashed {args.firmware} to {board.name} in {float(str(report['seconds'])):.1f} s")
+    return 0
+
+
+def add_flash_command(sub: Sub) -> None:
+    """Register ``flash`` on the top-level parser's subcommands."""
+    text = (
+        "put a firmware on a board: Pico boards through the RPI-RP2 (BOOTSEL) drive, "
+        "asking the running MicroPython for its bootloader first"
+    )
+    p = sub.add_parser("flash", help="flash MicroPython or an image onto a board", description=text)
+    p.add_argument("--board", help="board name (default: what the port is known as)")
+    p.add_argument("--firmware", required=True, type=Path, help="the image (.uf2 for Pico boards)")
+    p.add_argument(
+        "-p", "--port", help="serial path, sim:NAME, id:SERIAL, a DID, or auto (default)"
+    )
+    p.add_argument("--drive", type=Path, help="the RPI-RP2 drive's mount point (default: found)")
+    p.add_argument(
+        "--bootsel-only",
+        action="store_true",
+        help="the board is in BOOTSEL already (no serial port to ask or wait for)",
+    )
+    p.add_argument(
+        "--erase-identity",
+        action="store_true",
+        help="allow an image with its own filesystem to replace a board's identity (key lost)",
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds for each wait")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_flash)
