@@ -213,3 +213,47 @@ def test_bad_config_is_one_line_error(
             "--config", str(cfg), "-o", str(tmp_path / "o.uf2"),
         )  # fmt: skip
         assert code != 0 and says in one_error_line(err)
+
+
+def test_pico_image_boots_on_the_emulated_rp2040(
+    pico_uf2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The chip-level check: rp2040py runs the image's own MicroPython on an
+    # emulated RP2040 with nothing but the UF2 in its flash (no --littlefs), so
+    # the filesystem it mounts is the one the image carries; our armv6m native
+    # code runs there. About 15 s of wall time.
+    import subprocess
+    import sys
+
+    from Crypto.Hash import keccak
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(CONFIG))
+    out = tmp_path / "pico.uf2"
+    code, _, err = run(
+        capsys, "image", "build", "--board", "rpi-pico", "--firmware", str(pico_uf2),
+        "--config", str(cfg), "-o", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    script = (
+        "import os, sys, binascii\n"
+        "from ioconnect.keccak import keccak256\n"
+        "print('MPY', sys.implementation._mpy >> 10)\n"
+        "print('FILES', ' '.join(sorted(os.listdir())))\n"
+        "print('CONFIG', open('config.json').read())\n"
+        "print('K', binascii.hexlify(keccak256(b'ioconnect')).decode())\n"
+    )
+    rp2040py = Path(sys.executable).with_name("rp2040py")
+    done = subprocess.run(
+        [str(rp2040py), "micropython", "--image", str(out), "-c", script],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    assert lines.get("MPY") == str(MPY_ARMV6M), done.stdout + done.stderr
+    assert lines["FILES"].split() == ["boot.py", "config.json", "ioconnect", "main.py"]
+    assert json.loads(lines["CONFIG"]) == CONFIG
+    assert lines["K"] == keccak.new(digest_bits=256, data=b"ioconnect").hexdigest()
