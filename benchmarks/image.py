@@ -55,7 +55,7 @@ def main() -> None:
     os.environ.setdefault("IOCONNECT_HOME", tempfile.mkdtemp(prefix="bench-image-"))
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        esp = tmp / "esp32.bin"
+        esp = tmp / "ESP32_GENERIC-standin.bin"
         esp.write_bytes(b"\xe9" + hashlib.shake_256(b"stand-in").digest(1_600_000 - 1))
         result: dict[str, object] = {
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
