@@ -123,6 +123,12 @@ def test_uf2_on_the_drive_boots_our_files_and_provisions(
         with SerialTransport(vb.port) as t:
             assert agent.info(t)["identity"]["did"] == result["did"]
 
+    # The firmware gets the board's heap budget whichever filesystem is mounted:
+    # free heap after boot as on a board that keeps its files in the folder.
+    st2 = tmp_path / "st2"
+    with start_board("rpi-pico", name="bs-z", state_dir=st2) as b, SerialTransport(b.port) as t:
+        assert abs(agent.info(t)["free_heap"] - facts["free_heap"]) < 1024
+
 
 def mangled(data: bytes) -> dict[str, bytes]:
     wrong_family = bytearray(data)

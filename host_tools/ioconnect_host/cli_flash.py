@@ -50,7 +50,8 @@ def _flash(args: argparse.Namespace) -> int:
     from .boards import load_board
     from .ports import select_port
 
-    ref = None if args.bootsel_only else select_port(args.port)
+    # In BOOTSEL a real board has no serial port: only a given one is looked up.
+    ref = None if args.bootsel_only and not args.port else select_port(args.port)
     name = args.board or (ref.board if ref else None)
     if name is None:
         raise UsageError("give --board: the port does not say which board it is")

@@ -34,7 +34,7 @@ from ioconnect_host.vm import micropython_command
 
 from .boardlog import DEFAULT_LOG_LIMIT, RotatingLog
 from .bootsel import Drive
-from .flashfs import mount_config
+from .flashfs import has_flash, mount_config
 from .interrupt import interrupt_safely
 from .linerate import Line
 from .statelock import StateLockedError, hold_state_lock, open_control
@@ -71,7 +71,7 @@ _SIGINT_GAP_S = 0.05
 # kernel kills it when the thread that started it (the relay thread) ends.
 _DIE_WITH_US = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
 _HEAP_SLACK = 2048  # the shims' heap blocks are not packed as tightly as C statics
-_OVERHEAD: dict[tuple[str, tuple[str, ...]], int] = {}  # calibration, per shim set
+_OVERHEAD: dict[tuple[str, tuple[str, ...], bool], int] = {}  # per shim set and filesystem
 
 
 #: Smallest heap (KiB) a board may be given. benchmarks/min_heap.py (10 fresh
@@ -398,7 +398,9 @@ class VirtualBoard:
     def _vm_heap(self) -> str:
         """The board's budget plus what console and shims hold (C code on a board)."""
         cfg = self.config
-        key = (str(self._vmlib), tuple(cfg.preload))
+        # The flashed littlefs (C, plus a small block device) holds less than the
+        # folder's Python VFS: each is calibrated on its own.
+        key = (str(self._vmlib), tuple(cfg.preload), has_flash(cfg.state_dir))
         overhead = _OVERHEAD.get(key)
         if overhead is None:
             code = f"import console; console.calibrate({str(cfg.flash_dir)!r})"
@@ -831,6 +833,7 @@ class VirtualBoard:
         drive.close()
         self._drive = None
         self._write_sim_json()
+        self._heap = self._vm_heap()  # now with the flashed filesystem mounted
         with self._lock:
             self._next, self._boot_at = (False, "power_on"), time.monotonic()
 
