@@ -117,3 +117,26 @@ def test_no_drive_gives_the_steps_to_do_by_hand(
     )  # fmt: skip
     assert code != 0
     assert "no RPI-RP2 drive appeared" in one_error_line(err) and "hold its BOOTSEL" in err
+
+
+def test_a_real_drive_is_found_by_its_info_file(tmp_path: Path) -> None:
+    # /proc/mounts as the kernel writes it (spaces as \040); the drives are folders.
+    from ioconnect_host.flash_uf2 import find_rp2_drive
+
+    other, pico = tmp_path / "USB STICK", tmp_path / "RPI RP2"
+    for d in (other, pico):
+        d.mkdir()
+    (other / "INFO_UF2.TXT").write_text("UF2 Bootloader v1.0\nBoard-ID: SAMD21-Feather\n")
+    (pico / "INFO_UF2.TXT").write_text(
+        "UF2 Bootloader v3.0\r\nModel: Raspberry Pi RP2\r\nBoard-ID: RPI-RP2\r\n"
+    )
+    esc = lambda p: str(p).replace(" ", "\\040")  # noqa: E731
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        f"/dev/sda1 {esc(other)} vfat rw,nosuid 0 0\n"
+        f"/dev/vda / ext4 rw 0 0\n"
+        f"/dev/sdb1 {esc(pico)} vfat rw,nosuid,uid=1000 0 0\n"
+    )
+    assert find_rp2_drive(mounts) == pico
+    mounts.write_text(f"/dev/sda1 {esc(other)} vfat rw 0 0\n")
+    assert find_rp2_drive(mounts) is None
