@@ -86,6 +86,8 @@ def _start(args: argparse.Namespace) -> int:
     )
 
     name = args.name or f"{args.board}-1"
+    if args.bootsel and load_board(args.board).flash.firmware_format != "uf2":
+        raise UsageError(f"--bootsel is for boards flashed with UF2 files; {args.board} is not")
     _state_folder(args.state or default_state_dir(name), name, list_running())
     if args.detach:
         rec = start_detached(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .boards import Board
+from .doctor import _unescape as unescape_mount_field  # /proc/mounts octal escapes
 from .errors import IoconnectError
 from .ports import BoardRef, find_again, probe
 from .uf2 import check_image, parse_uf2
@@ -102,7 +103,7 @@ def find_rp2_drive(mounts: Path = Path("/proc/mounts")) -> Path | None:
         fields = line.split()
         if len(fields) < 3 or fields[2] not in ("vfat", "msdos", "fuseblk", "exfat"):
             continue
-        point = Path(fields[1].replace("\\040", " "))
+        point = Path(unescape_mount_field(fields[1]))
         if _is_rp2_drive(point):
             return point
     return None
