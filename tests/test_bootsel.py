@@ -177,3 +177,21 @@ def test_bootloader_call_and_1200_baud_touch_enter_bootsel(tmp_path: Path) -> No
         with serial.Serial(vb.port, 1200):
             pass  # the touch: open at 1200 baud, close
         wait_for("BOOTSEL after the 1200 baud touch", lambda: in_bootsel(vb))
+
+
+def test_a_copy_that_pauses_is_not_taken_half_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A copy stalls mid-way (page cache flushing, a slow disk): the drive must
+    # wait for the writer to close the file, not judge what it sees so far.
+    data = build_image(tmp_path, capsys, {"device.name": "slow"}).read_bytes()
+    with start_board("rpi-pico", name="bootsel-d", state_dir=tmp_path / "st", bootsel=True) as vb:
+        log = vb.config.state_dir / "console.log"
+        with open(drive(vb) / "slow.uf2", "wb") as f:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            time.sleep(1.5)  # several looks by the drive while nothing changes
+            assert (drive(vb) / "slow.uf2").exists() and "refused" not in log.read_text()
+            f.write(data[len(data) // 2 :])
+        wait_for("the completed copy to boot", lambda: not drive(vb).exists())
+        assert "flashed slow.uf2" in log.read_text()
