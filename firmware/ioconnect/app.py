@@ -4,7 +4,8 @@
 # mqtt.host is set and the board has Wi-Fi) or, without a network, the serial
 # fallback: each pending message is printed on the console as an agent frame
 #     \x1eIOC1 <len> <crc32> {"event": "task", "nonce": N, "body": "<request>"}
-# and the host acknowledges it through the agent's `ack` op (see agent.py).
+# oldest first, again each cycle until the host acknowledges it through the
+# agent's `ack` op (see agent.py), or inline while the loop runs (check_console).
 #
 # Started by main.py once the device is provisioned (identity + project id).
 # Ctrl-C stops it into the REPL. A sensor fault is a field of the message; a
@@ -20,7 +21,7 @@ import time
 
 from micropython import const
 
-_RESEND = const(3)  # older unacknowledged messages re-sent per cycle (serial)
+_WINDOW = const(8)  # unacknowledged messages sent per cycle, oldest first (serial)
 _RP2_WDT_MAX_MS = const(8388)  # rp2 hardware limit
 _WIFI_TIMEOUT_MS = const(15000)
 _LINE_MAX = const(240)  # longest request line read while the loop runs
@@ -81,6 +82,7 @@ class Loop:
         # KeyboardInterrupt while code runs): it still stops us. A framed line
         # \x1eIOC1 <len> <crc32> <json>\n is a request; only `ack` is served
         # here (agent.ack_inline on the host), so acks need not stop the loop.
+        # Status "queued" (as over MQTT): a relay stored it durably, owns it now.
         p = self.console
         while p is not None and p.poll(0):
             c = self._stdin.read(1)
@@ -117,8 +119,8 @@ class Loop:
             status = req.get("status")
             if req.get("v") != 1 or req.get("op") != "ack":
                 raise AppError("only ack is served while the loop runs (Ctrl-C for the agent)")
-            if not isinstance(nonce, int) or status not in ("accepted", "rejected"):
-                raise AppError("ack needs an int nonce and status accepted or rejected")
+            if not isinstance(nonce, int) or status not in ("queued", "accepted", "rejected"):
+                raise AppError("ack needs an int nonce and status queued, accepted or rejected")
         except (ValueError, KeyError, AttributeError) as e:
             emit({"id": rid, "ok": False, "error": {"code": "bad_request", "message": str(e)}})
             return
@@ -172,15 +174,17 @@ class Loop:
         return fresh
 
     def send_serial(self, fresh):
-        # The fresh message, then the oldest few still unacknowledged.
+        # The oldest unacknowledged messages, in nonce order, at most _WINDOW: a
+        # relay refuses a nonce below one it has stored (a replay or reorder),
+        # so a fresh reading must never overtake an older one still pending.
+        # A fresh reading outside the window waits its turn in the outbox.
         gc.collect()
-        resend = _RESEND
-        for n in self.outbox.pending():
-            if n != fresh:
-                if not resend:
-                    continue
-                resend -= 1
+        shown = False
+        for n in self.outbox.pending()[:_WINDOW]:
             self._send_one(n)
+            shown = shown or n == fresh
+        if fresh and not shown:
+            emit({"event": "signed", "nonce": fresh})
 
     def _send_one(self, n):
         try:

@@ -52,7 +52,7 @@ def attest(req):
     return out
 
 
-_ACK_STATUS = ("accepted", "rejected")
+_ACK_STATUS = ("queued", "accepted", "rejected")
 
 
 def ack(req):
@@ -63,7 +63,8 @@ def ack(req):
     nonce = _arg(req, "nonce", int)
     status = _arg(req, "status", str)
     if status not in _ACK_STATUS:
-        raise AgentError("bad_request", "status must be accepted or rejected, not %r" % status)
+        msg = "status must be queued, accepted or rejected, not %r"
+        raise AgentError("bad_request", msg % status)
     _arg(req, "taskID", str, "")
     _arg(req, "reason", str, "")
     import os

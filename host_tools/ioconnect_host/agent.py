@@ -29,6 +29,7 @@ __all__ = [
     "Curve",
     "ack",
     "ack_inline",
+    "ack_request",
     "answer_result",
     "attest",
     "call",
@@ -227,7 +228,7 @@ def config_set(board: Board, key: str, value: str | int | list[str] | None) -> A
     return call(board, "config.set", key=key, value=value)
 
 
-AckStatus = Literal["accepted", "rejected"]
+AckStatus = Literal["queued", "accepted", "rejected"]
 
 
 def attest(board: Board, *, cose: bool | None = None) -> dict[str, Any]:
@@ -275,6 +276,31 @@ class SerialLike(Protocol):
     def read(self, size: int = 1) -> bytes: ...
 
 
+def ack_request(
+    nonce: int, status: AckStatus, *, task_id: str = "", reason: str = ""
+) -> tuple[int, bytes]:
+    """An ack as the running loop reads it on its console: ``(id, framed line)``.
+
+    The loop answers with an agent frame carrying that id (see :func:`ack_inline`,
+    which waits for it; a relay that owns the port writes several and matches the
+    answers as they come).
+    """
+    rid = next(_ids)
+    body = json.dumps(
+        {
+            "v": API_VERSION,
+            "id": rid,
+            "op": "ack",
+            "nonce": nonce,
+            "status": status,
+            "taskID": task_id,
+            "reason": reason,
+        },
+        separators=(",", ":"),
+    ).encode()
+    return rid, b"\x1eIOC1 %d %08x " % (len(body), zlib.crc32(body)) + body + b"\n"
+
+
 def ack_inline(
     port: SerialLike,
     nonce: int,
@@ -303,20 +329,8 @@ def ack_inline(
         AgentError: the device refused the request.
         TransportError: no answer within ``timeout_s``.
     """
-    rid = next(_ids)
-    body = json.dumps(
-        {
-            "v": API_VERSION,
-            "id": rid,
-            "op": "ack",
-            "nonce": nonce,
-            "status": status,
-            "taskID": task_id,
-            "reason": reason,
-        },
-        separators=(",", ":"),
-    ).encode()
-    port.write(b"\x1eIOC1 %d %08x " % (len(body), zlib.crc32(body)) + body + b"\n")
+    rid, request = ack_request(nonce, status, task_id=task_id, reason=reason)
+    port.write(request)
     got = bytearray()
     deadline = time.monotonic() + timeout_s
     while True:

@@ -24,6 +24,7 @@ from .inventory import Inventory, default_inventory_path
 from .node import Approver, Node, serve
 from .paths import home
 from .relay import RelayError
+from .relay_serial import check_serial_spec
 from .relay_service import RelayOptions, RelayService
 
 __all__ = ["add_relay_commands"]
@@ -113,6 +114,10 @@ def _node(args: argparse.Namespace) -> int:
 
 def _relay(args: argparse.Namespace) -> int:
     log = _logger(args.json, "relay")
+    if args.broker is None and not args.serial:
+        raise RelayError("nothing to relay from: give --broker URL and/or --serial PORT")
+    for spec in args.serial:
+        check_serial_spec(spec)
     options = RelayOptions(
         broker=args.broker,
         w3bstream=args.w3bstream,
@@ -124,6 +129,7 @@ def _relay(args: argparse.Namespace) -> int:
         ca_file=args.ca,
         metrics_port=args.metrics_port,
         mqtt_version=args.mqtt_version,
+        serial=tuple(args.serial),
     )
     approved = _approver(args)
     _db_path(args.store, "relay store")
@@ -132,8 +138,9 @@ def _relay(args: argparse.Namespace) -> int:
     except sqlite3.Error as err:
         raise RelayError(f"cannot open the relay store {args.store}: {err}") from None
     service.start()
+    sources = ([args.broker] if args.broker else []) + [f"serial {p}" for p in args.serial]
     log(
-        f"relaying {args.broker} -> {args.w3bstream} (store {args.store}"
+        f"relaying {', '.join(sources)} -> {args.w3bstream} (store {args.store}"
         + (f", metrics on :{service.metrics_port}/metrics" if service.metrics_port else "")
         + ")"
     )
@@ -201,13 +208,24 @@ def add_relay_commands(sub: Sub) -> None:
         description="Subscribe to devices' signed readings, verify and store each, post it "
         "to W3bstream /v1/task, and acknowledge to the device.",
     )
-    relay.add_argument("--broker", required=True, help="mqtt://host[:port] or mqtts://...")
+    relay.add_argument(
+        "--broker", default=None, help="mqtt://host[:port] or mqtts://... (or only --serial)"
+    )
     relay.add_argument("--w3bstream", required=True, help="API node URL, http(s)://host[:port]")
     relay.add_argument(
         "--store", type=Path, default=home() / "relay.sqlite3", help="the durable queue (SQLite)"
     )
     relay.add_argument(
         "--project", action="append", default=[], help="relay only this project id (repeatable)"
+    )
+    relay.add_argument(
+        "--serial",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="PORT",
+        help="also read signed readings from these boards' consoles (boards without a "
+        "network): a path, socket://, rfc2217://, sim:NAME or id:SERIAL",
     )
     relay.add_argument("--workers", type=_positive, default=4, help="concurrent HTTP requests")
     relay.add_argument("--client-id", default="ioconnect-relay", help="MQTT client id")

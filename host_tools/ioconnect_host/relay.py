@@ -132,6 +132,26 @@ class Relay:
             self.store.count_rejection(got.reason)
         return got
 
+    def signers(self, payload: bytes) -> tuple[w3b.Task, tuple[str, str]]:
+        """A ``/v1/task`` body taken apart and its two candidate signers (v = 0, 1),
+        checked as ingest checks it: for links that do not name the device (serial).
+
+        Raises:
+            w3bstream.TaskError: the body is malformed or its signature unusable.
+        """
+        task = w3b.parse_task(payload)
+        keys = self._signed_keys.get(task.project_id, ())
+        return task, w3b.recover_signers(task, w3b.task_digest(task, keys))
+
+    def refuse_unread(self, nonce: int, reason: str) -> Ingested:
+        """Count a message refused before its device was known; the ack refusing it
+        (only for a link that is the device's own, e.g. its serial console)."""
+        ack = ack_message(nonce, "rejected", reason=reason)
+        got = Ingested("rejected", reason, nonce=nonce, ack=ack)
+        self.counts[got.kind] += 1
+        self.store.count_rejection(reason)
+        return got
+
     def _ingest(self, topic: str, payload: bytes) -> Ingested:
         m = _TOPIC.fullmatch(topic)
         if m is None:

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from .node import Approver
 from .relay import Forwarder, Relay
 from .relay_mqtt import MqttFront
+from .relay_serial import SerialFront
 from .relay_store import SqliteStore
 
 __all__ = ["RelayOptions", "RelayService", "prometheus_text"]
@@ -36,7 +37,7 @@ __all__ = ["RelayOptions", "RelayService", "prometheus_text"]
 class RelayOptions:
     """What ``ioconnect relay`` takes on its command line."""
 
-    broker: str
+    broker: str | None  # None: serial ports only
     w3bstream: str
     store: Path
     projects: frozenset[str] | None = None
@@ -47,6 +48,7 @@ class RelayOptions:
     metrics_port: int | None = None  # None: no /metrics endpoint; 0: any free port
     max_queue: int = 100_000
     mqtt_version: Literal["5", "3.1.1"] = "5"
+    serial: tuple[str, ...] = ()  # boards' consoles read for readings (no network)
 
 
 class RelayService:
@@ -63,10 +65,11 @@ class RelayService:
             projects=options.projects,
             signed_keys=options.signed_keys,
         )
-        self.front = MqttFront(
+        self.front = None if options.broker is None else MqttFront(
             self.relay, options.broker, client_id=options.client_id, ca_file=options.ca_file,
             log=log, mqtt_version=options.mqtt_version,
         )  # fmt: skip
+        self.serial = SerialFront(self.relay, options.serial, approved=approved, log=log)
         self.forwarder = Forwarder(
             self.store, options.w3bstream, workers=options.workers, log=log,
         )  # fmt: skip
@@ -78,19 +81,23 @@ class RelayService:
 
     def start(self, *, connect_timeout_s: float = 10.0) -> None:
         """Start every part; fails (RelayError) if the broker cannot be reached."""
-        self.front.start()
-        try:
-            self.front.wait_connected(connect_timeout_s)
-        except BaseException:
-            self.front.stop()
-            raise
+        if self.front is not None:
+            self.front.start()
+            try:
+                self.front.wait_connected(connect_timeout_s)
+            except BaseException:
+                self.front.stop()
+                raise
+        self.serial.start()
         self.forwarder.start()
         if self.options.metrics_port is not None:
             self._metrics = _serve_metrics(self, self.options.metrics_port)
 
     def stop(self) -> None:
         """Graceful: stop taking messages, finish requests in flight, close the store."""
-        self.front.stop()
+        if self.front is not None:
+            self.front.stop()
+        self.serial.stop()
         self.forwarder.stop()
         if self._metrics is not None:
             self._metrics.shutdown()
@@ -107,7 +114,8 @@ class RelayService:
             "retries": self.forwarder.retries,
             "errors": self.forwarder.errors,
         }
-        s["mqtt_connected"] = self.front.connected.is_set()
+        s["mqtt_connected"] = self.front is not None and self.front.connected.is_set()
+        s["serial"] = self.serial.stats()
         return s
 
 
@@ -140,6 +148,19 @@ def prometheus_text(stats: dict[str, Any]) -> str:
         "# TYPE ioconnect_relay_mqtt_connected gauge",
         f"ioconnect_relay_mqtt_connected {int(stats['mqtt_connected'])}",
     ]
+    serial_ports = stats.get("serial") or {}
+    if serial_ports:
+        lines += [
+            "# HELP ioconnect_relay_serial_acks_total Acks a board confirmed, by port.",
+            "# TYPE ioconnect_relay_serial_acks_total counter",
+        ]
+        for port, st in sorted(serial_ports.items()):
+            label = _label(port)
+            lines.append(f'ioconnect_relay_serial_acks_total{{port="{label}"}} {st["acked"]}')
+        lines.append("# TYPE ioconnect_relay_serial_open gauge")
+        for port, st in sorted(serial_ports.items()):
+            label = _label(port)
+            lines.append(f'ioconnect_relay_serial_open{{port="{label}"}} {int(st["open"])}')
     return "\n".join(lines) + "\n"
 
 
