@@ -8,7 +8,9 @@ malformed input, and ``{"taskID": keccak256(r||s||0x01)}`` as upstream answers
 short: a nonce replay check per device (the same request again is answered with
 its first taskID; another request with a used nonce is a 409), refusal of the
 zero-digest case (signed keys with a non-JSON payload), and ``GET /v1/devices``.
-Tasks persist in SQLite.
+Also sprout's ``POST /message`` (:mod:`sprout`) and a page at ``GET /``
+(:mod:`node_page`) listing devices and what they sent. Everything persists in
+SQLite.
 
 Example:
     >>> node = Node(Path("node.db"), approved=lambda project, address: True)
@@ -32,7 +34,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from . import sprout
 from . import w3bstream as w3b
+from .node_page import CSP, render_page
 
 __all__ = ["Approver", "Node", "NodeServer", "serve"]
 
@@ -48,6 +52,13 @@ CREATE TABLE IF NOT EXISTS tasks (
     body       BLOB NOT NULL,
     received   REAL NOT NULL,
     UNIQUE (project_id, device, nonce)
+);
+CREATE TABLE IF NOT EXISTS sprout_messages (
+    task_id    TEXT PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    device     TEXT NOT NULL,
+    body       BLOB NOT NULL,
+    received   REAL NOT NULL
 );
 PRAGMA user_version = 1;
 """
@@ -113,6 +124,53 @@ class Node:
             )
         return HTTPStatus.OK, {"taskID": task_id}
 
+    def submit_message(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Check and store one sprout ``POST /message`` body: (HTTP status, JSON answer).
+
+        Sprout's rules (see :mod:`sprout`), the device approved for the project as
+        for ``/v1/task`` (403), and the replay check: the same signed message from
+        the same device again is answered with its first taskID, stored once.
+        """
+        try:
+            msg = sprout.parse_message(body)
+            device = sprout.signer(msg)
+        except w3b.TaskError as err:
+            return HTTPStatus.BAD_REQUEST, {"error": str(err), "reason": err.reason}
+        if not self._approved(str(msg.project_id), device):
+            return HTTPStatus.FORBIDDEN, {
+                "error": f"device {device} is not approved for project {msg.project_id}",
+                "reason": "not_approved",
+            }
+        task_id = sprout.message_id(msg, device)
+        with self._lock:
+            # The id covers device and signed bytes: a replay lands on the same row.
+            self._db.execute(
+                "INSERT INTO sprout_messages VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (task_id, msg.project_id, device, body, time.time()),
+            )
+        return HTTPStatus.OK, {"taskID": task_id}
+
+    def messages_of(self, device: str) -> list[dict[str, Any]]:
+        """Sprout messages received from ``device``, oldest first."""
+        rows = self._db.execute(
+            "SELECT task_id, project_id, body, received FROM sprout_messages WHERE device=? "
+            "ORDER BY received, task_id",
+            (device.lower(),),
+        ).fetchall()
+        out = []
+        for t, p, b, r in rows:
+            try:
+                data: str | None = sprout.parse_message(bytes(b)).data
+            except w3b.TaskError:
+                data = None
+            out.append({"taskID": t, "projectID": p, "data": data, "received": r})
+        return out
+
+    def sprout_devices(self) -> list[str]:
+        """Every device that sent a sprout message."""
+        rows = self._db.execute("SELECT DISTINCT device FROM sprout_messages ORDER BY device")
+        return [r[0] for r in rows]
+
     def task(self, task_id: str) -> dict[str, Any] | None:
         """``GET /v1/task/<id>``'s answer, or None when unknown."""
         row = self._db.execute(
@@ -174,7 +232,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_POST(self) -> None:
-        if self.path != "/v1/task":
+        if self.path not in ("/v1/task", "/message"):
             self._answer(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
             return
         try:
@@ -187,7 +245,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "request too large"})
             self.close_connection = True
             return
-        status, answer = self.server.node.submit(self.rfile.read(length))
+        data = self.rfile.read(length)
+        node = self.server.node
+        status, answer = node.submit(data) if self.path == "/v1/task" else node.submit_message(data)
         self._answer(status, answer)
 
     def do_GET(self) -> None:
@@ -198,6 +258,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self._answer(HTTPStatus.NOT_FOUND, {"error": "no such task"})
             else:
                 self._answer(HTTPStatus.OK, found)
+        elif self.path == "/":
+            page = render_page(node).encode()
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Security-Policy", CSP)
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
         elif self.path == "/v1/devices":
             self._answer(HTTPStatus.OK, {"devices": node.devices()})
         elif self.path.startswith("/v1/devices/"):
