@@ -130,6 +130,7 @@ def _relay(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         mqtt_version=args.mqtt_version,
         serial=tuple(args.serial),
+        sprout=args.sprout,
     )
     approved = _approver(args)
     _db_path(args.store, "relay store")
@@ -226,6 +227,13 @@ def add_relay_commands(sub: Sub) -> None:
         metavar="PORT",
         help="also read signed readings from these boards' consoles (boards without a "
         "network): a path, socket://, rfc2217://, sim:NAME or id:SERIAL",
+    )
+    relay.add_argument(
+        "--sprout",
+        default=None,
+        metavar="URL",
+        help="also relay devices' sprout messages (topic ioconnect/<project>/<address>/messages, "
+        'data a JSON object with "nonce") to this sprout endpoint (POST <URL>/message)',
     )
     relay.add_argument("--workers", type=_positive, default=4, help="concurrent HTTP requests")
     relay.add_argument("--client-id", default="ioconnect-relay", help="MQTT client id")

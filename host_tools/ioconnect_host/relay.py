@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from . import sprout
 from . import w3bstream as w3b
 from .errors import IoconnectError
 from .node import Approver
@@ -51,10 +52,11 @@ __all__ = [
     "RelayError",
     "ack_message",
     "ack_topic",
+    "messages_topic",
     "tasks_topic",
 ]
 
-_TOPIC = re.compile(r"ioconnect/([0-9]{1,20})/(0x[0-9a-f]{40})/tasks")
+_TOPIC = re.compile(r"ioconnect/([0-9]{1,20})/(0x[0-9a-f]{40})/(tasks|messages)")
 
 
 class RelayError(IoconnectError):
@@ -64,6 +66,11 @@ class RelayError(IoconnectError):
 def tasks_topic(project_id: str, address: str) -> str:
     """Where a device publishes its signed readings."""
     return f"ioconnect/{project_id}/{address.lower()}/tasks"
+
+
+def messages_topic(project_id: str, address: str) -> str:
+    """Where a device publishes sprout ``/message`` bodies (relayed with ``--sprout``)."""
+    return f"ioconnect/{project_id}/{address.lower()}/messages"
 
 
 def ack_topic(project_id: str, address: str) -> str:
@@ -111,17 +118,20 @@ class Relay:
         approved: Approver,
         projects: frozenset[str] | None = None,
         signed_keys: dict[str, tuple[str, ...]] | None = None,
+        sprout: bool = False,
     ) -> None:
         """Args:
         store: the durable queue and high-water marks.
         approved: ``approved(project_id, address)``: the inventory's say.
         projects: only these project ids are relayed (None: any).
         signed_keys: per project, the payload keys in the digest (Pebble-style).
+        sprout: take sprout messages too (a sprout endpoint is configured).
         """
         self.store = store
         self._approved = approved
         self._projects = projects
         self._signed_keys = signed_keys or {}
+        self._sprout = sprout
         self.counts: Counter[str] = Counter()  # ingest outcomes, for /metrics
 
     def ingest(self, topic: str, payload: bytes) -> Ingested:
@@ -158,14 +168,20 @@ class Relay:
             return Ingested("dropped", reason="bad_topic")
         project, device = m.group(1), m.group(2)
         try:
-            task = w3b.parse_task(payload)
-            keys = self._signed_keys.get(task.project_id, ())
-            signers = w3b.recover_signers(task, w3b.task_digest(task, keys))
+            if m.group(3) == "messages":
+                # Sprout: one signer (v is in the signature); the nonce is in the data.
+                msg = sprout.parse_message(payload)
+                signers: tuple[str, ...] = (sprout.signer(msg),)
+                task_project, nonce = str(msg.project_id), sprout.data_nonce(msg)
+            else:
+                task = w3b.parse_task(payload)
+                keys = self._signed_keys.get(task.project_id, ())
+                signers = w3b.recover_signers(task, w3b.task_digest(task, keys))
+                task_project, nonce = task.project_id, task.nonce
         except w3b.TaskError as err:
             return Ingested("dropped", reason=err.reason, device=device, project=project)
         if device not in signers:
             return Ingested("dropped", reason="forged_signature", device=device, project=project)
-        nonce = task.nonce
 
         def refuse(reason: str) -> Ingested:
             return Ingested(
@@ -177,8 +193,10 @@ class Relay:
                 ack_message(nonce, "rejected", reason=reason),
             )
 
-        if task.project_id != project:
+        if task_project != project:
             return refuse("wrong_project")
+        if m.group(3) == "messages" and not self._sprout:
+            return refuse("no_sprout_endpoint")
         if self._projects is not None and project not in self._projects:
             return refuse("unknown_project")
         if not self._approved(project, device):
@@ -208,15 +226,15 @@ class Forwarder:
         timeout_s: float = 10.0,
         max_backoff_s: float = 30.0,
         log: Callable[[str], None] = print,
+        sprout_url: str | None = None,
     ) -> None:
         """Args:
         url: the W3bstream API node, e.g. ``http://127.0.0.1:8888``.
-        workers: concurrent requests (each keeps one connection alive).
+        workers: concurrent requests (each keeps one connection alive per endpoint).
+        sprout_url: where sprout messages go (``POST <url>/message``), if any.
         """
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise RelayError(f"W3bstream URL {url!r} is not http(s)://host[:port]")
-        self._parsed = parsed
+        self._parsed = _http_url(url, "W3bstream")
+        self._sprout = _http_url(sprout_url, "sprout") if sprout_url else None
         self._store = store
         self._workers = workers
         self._timeout_s = timeout_s
@@ -248,14 +266,13 @@ class Forwarder:
             t.join(timeout_s)
         self._threads.clear()
 
-    def _connect(self) -> http.client.HTTPConnection:
-        p = self._parsed
+    def _connect(self, p: urllib.parse.SplitResult) -> http.client.HTTPConnection:
         cls = http.client.HTTPSConnection if p.scheme == "https" else http.client.HTTPConnection
         return cls(p.hostname or "", p.port, timeout=self._timeout_s)
 
     def _work(self) -> None:
-        conn = self._connect()
-        path = (self._parsed.path.rstrip("/") or "") + "/v1/task"
+        # One kept-alive connection per endpoint: W3bstream, and sprout if set.
+        conns: dict[bool, http.client.HTTPConnection] = {}
         while not self._stop.is_set():
             try:
                 with self._claim_lock:
@@ -265,7 +282,16 @@ class Forwarder:
                     self._wake.clear()
                     continue
                 for job in jobs:
-                    conn = self._post(conn, path, job)
+                    to_sprout = sprout.is_message(job.body)
+                    target = self._sprout if to_sprout else self._parsed
+                    if target is None:  # stored before a restart without --sprout
+                        self._store.finish(
+                            job.id, "rejected", task_id="", reason="no_sprout_endpoint"
+                        )
+                        continue
+                    path = target.path.rstrip("/") + ("/message" if to_sprout else "/v1/task")
+                    conn = conns.get(to_sprout) or self._connect(target)
+                    conns[to_sprout] = self._post(conn, target, path, job)
             except Exception as exc:
                 # The job stays leased and is claimed again when the lease ends.
                 self.errors += 1
@@ -273,7 +299,11 @@ class Forwarder:
                 self._stop.wait(1.0)
 
     def _post(
-        self, conn: http.client.HTTPConnection, path: str, job: Job
+        self,
+        conn: http.client.HTTPConnection,
+        target: urllib.parse.SplitResult,
+        path: str,
+        job: Job,
     ) -> http.client.HTTPConnection:
         try:
             conn.request("POST", path, body=job.body, headers={"Content-Type": "application/json"})
@@ -282,14 +312,16 @@ class Forwarder:
         except (OSError, http.client.HTTPException) as err:
             conn.close()
             self._later(job, f"network: {err}")
-            return self._connect()
+            return self._connect(target)
         self.posted += 1
         if resp.status >= 500:
             self._later(job, f"w3bstream {resp.status}")
             return conn
         answer = _json_object(data)
-        if resp.status == 200 and isinstance(answer.get("taskID"), str):
-            self._store.finish(job.id, "accepted", task_id=answer["taskID"], reason="")
+        # Sprout versions answer a taskID, older ones a messageID.
+        task_id = answer.get("taskID", answer.get("messageID"))
+        if resp.status == 200 and isinstance(task_id, str):
+            self._store.finish(job.id, "accepted", task_id=task_id, reason="")
         else:
             why = answer.get("error") or data[:200].decode(errors="replace")
             self._store.finish(
@@ -301,6 +333,13 @@ class Forwarder:
         self.retries += 1
         delay = min(self._max_backoff_s, 0.25 * 2 ** min(job.attempts, 10))
         self._store.retry_later(job.id, delay_s=delay, error=error)
+
+
+def _http_url(url: str, what: str) -> urllib.parse.SplitResult:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise RelayError(f"{what} URL {url!r} is not http(s)://host[:port]")
+    return parsed
 
 
 def _json_object(data: bytes) -> dict[str, Any]:

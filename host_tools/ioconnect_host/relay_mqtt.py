@@ -33,6 +33,7 @@ from .relay import Relay, RelayError, ack_topic
 __all__ = ["Broker", "MqttFront", "parse_broker"]
 
 SUBSCRIPTION = "ioconnect/+/+/tasks"
+SPROUT_SUBSCRIPTION = "ioconnect/+/+/messages"  # sprout /message bodies (--sprout)
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,10 @@ class MqttFront:
         session_expiry_s: int = 7 * 24 * 3600,
         log: Callable[[str], None] = print,
         mqtt_version: Literal["5", "3.1.1"] = "5",
+        sprout: bool = False,
     ) -> None:
         """Args:
+        sprout: also take devices' sprout messages (their own topic).
         mqtt_version: "5" (shared subscription, session expiry) or "3.1.1" for
             brokers without MQTT 5 (one relay per broker then: no sharing).
         """
@@ -83,6 +86,7 @@ class MqttFront:
         self.errors = 0
         self.relay = relay
         self._group = group
+        self._subscriptions = [SUBSCRIPTION] + ([SPROUT_SUBSCRIPTION] if sprout else [])
         self._held: list[mqtt.MQTTMessage] = []  # stored nothing yet: store was full
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -140,8 +144,8 @@ class MqttFront:
     ) -> None:
         if getattr(reason, "is_failure", False):
             return
-        topic = f"$share/{self._group}/{SUBSCRIPTION}" if self._v5 else SUBSCRIPTION
-        client.subscribe(topic, qos=1)
+        for sub in self._subscriptions:
+            client.subscribe(f"$share/{self._group}/{sub}" if self._v5 else sub, qos=1)
         self.connected.set()
         self._wake.set()
 

@@ -49,6 +49,7 @@ class RelayOptions:
     max_queue: int = 100_000
     mqtt_version: Literal["5", "3.1.1"] = "5"
     serial: tuple[str, ...] = ()  # boards' consoles read for readings (no network)
+    sprout: str | None = None  # sprout endpoint for devices' sprout messages
 
 
 class RelayService:
@@ -64,14 +65,16 @@ class RelayService:
             approved=approved,
             projects=options.projects,
             signed_keys=options.signed_keys,
+            sprout=options.sprout is not None,
         )
         self.front = None if options.broker is None else MqttFront(
             self.relay, options.broker, client_id=options.client_id, ca_file=options.ca_file,
-            log=log, mqtt_version=options.mqtt_version,
+            log=log, mqtt_version=options.mqtt_version, sprout=options.sprout is not None,
         )  # fmt: skip
         self.serial = SerialFront(self.relay, options.serial, approved=approved, log=log)
         self.forwarder = Forwarder(
             self.store, options.w3bstream, workers=options.workers, log=log,
+            sprout_url=options.sprout,
         )  # fmt: skip
         self._metrics: ThreadingHTTPServer | None = None
 

@@ -34,7 +34,16 @@ import coincurve
 
 from .w3bstream import TaskError, address_of, go_string, keccak256
 
-__all__ = ["MAX_BODY", "SproutMessage", "message_id", "parse_message", "signed_bytes", "signer"]
+__all__ = [
+    "MAX_BODY",
+    "SproutMessage",
+    "data_nonce",
+    "is_message",
+    "message_id",
+    "parse_message",
+    "signed_bytes",
+    "signer",
+]
 
 MAX_BODY = 64 * 1024
 _FIELDS = ("projectID", "projectVersion", "data", "signature")
@@ -150,3 +159,33 @@ def message_id(msg: SproutMessage, device: str) -> str:
     bytes). (Upstream derives its own from its task aggregation; a client only
     keeps it.) The same signed message from the same device has the same id."""
     return "0x" + keccak256(bytes.fromhex(device[2:]) + signed_bytes(msg)).hex()
+
+
+def is_message(body: bytes) -> bool:
+    """Whether a stored body (checked at ingest) is a sprout message rather than a
+    ``/v1/task`` request: it has ``data`` and no ``payload``."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and "data" in obj and "payload" not in obj
+
+
+def data_nonce(msg: SproutMessage) -> int:
+    """The nonce a relayed sprout message carries in its data.
+
+    Sprout's message has no nonce field; a relay needs one for its high-water
+    mark and the device's ack, so our devices relay sprout messages whose data
+    is a JSON object with ``"nonce": N`` (signed with the rest).
+
+    Raises:
+        TaskError: ``bad_field``, the data is not such an object.
+    """
+    try:
+        obj = json.loads(msg.data)
+    except ValueError:
+        obj = None
+    nonce = obj.get("nonce") if isinstance(obj, dict) else None
+    if isinstance(nonce, bool) or not isinstance(nonce, int) or not 0 < nonce < 1 << 64:
+        raise TaskError("bad_field", 'relayed sprout data must be a JSON object with "nonce": N')
+    return nonce
