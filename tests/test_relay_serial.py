@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import sqlite3
 import subprocess
@@ -18,14 +19,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from boardsetup import PROJECT, provision
 from ioconnect_host import agent
+from ioconnect_host.frames import FrameReader, encode_frame
 from ioconnect_host.node import Node, serve
+from ioconnect_host.relay_service import RelayOptions, RelayService
 from ioconnect_host.transport import SerialTransport
 from ioconnect_sim.launch import start_board
 from ioconnect_sim.supervisor import VirtualBoard
+from relayparts import OTHER, approve_device, body
 
 
 def signed_on_console(state: Path) -> dict[int, str]:
@@ -154,3 +159,74 @@ def test_relay_serial_refuses_probing_port_forms(
         assert main(argv) == 1, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err, (argv, err)
+
+
+class BoardSide:
+    """The board's end of a pty, played by the test: prints frames, answers acks."""
+
+    def __init__(self) -> None:
+        self.master, slave = os.openpty()
+        self.port = os.ttyname(slave)
+        os.close(slave)  # the relay opens it by name
+        self.reader = FrameReader()
+
+    def print_task(self, nonce: int, body: bytes | str) -> None:
+        text = body.decode() if isinstance(body, bytes) else body
+        os.write(self.master, encode_frame({"event": "task", "nonce": nonce, "body": text}))
+
+    def acks(self, n: int, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+        """The next n ack requests the relay wrote, each answered as the loop does."""
+        got: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        while len(got) < n:
+            assert time.monotonic() < deadline, f"{len(got)} of {n} acks: {got}"
+            if not select.select([self.master], [], [], 0.2)[0]:
+                continue
+            for req in self.reader.feed(os.read(self.master, 4096)):
+                assert req["op"] == "ack" and req["v"] == 1
+                got.append(req)
+                answer = {"id": req["id"], "ok": True, "result": {"nonce": req["nonce"]}}
+                os.write(self.master, encode_frame(answer))
+        return got
+
+    def close(self) -> None:
+        os.close(self.master)
+
+
+def test_serial_readings_refused_with_their_reason_and_held_until_the_device_is_known(
+    tmp_path: Path,
+) -> None:
+    side = BoardSide()
+    svc = RelayService(
+        RelayOptions(broker=None, w3bstream="http://127.0.0.1:9", store=tmp_path / "r.db",
+                     serial=(side.port,)),
+        approved=approve_device, log=lambda m: None,
+    )  # fmt: skip
+    svc.start()
+    try:
+        wait_for("the relay to open the port", lambda: svc.serial.stats()[side.port]["open"])
+        side.print_task(7, "not json")
+        side.print_task(4, body(3))  # the frame's nonce is not the signed one
+        side.print_task(1, body(1))
+        assert [(a["nonce"], a["status"], a["reason"]) for a in side.acks(3)] == [
+            (7, "rejected", "malformed"),
+            (4, "rejected", "nonce_mismatch"),
+            (1, "queued", ""),
+        ]
+        # Signed by a key the inventory does not know: which of the two recovered
+        # addresses is the device is only known at its second message; the first
+        # is held, then both are judged in nonce order.
+        side.print_task(1, body(1, key=OTHER))
+        side.print_task(2, body(2, key=OTHER))
+        assert [(a["nonce"], a["reason"]) for a in side.acks(2)] == [
+            (1, "not_approved"),
+            (2, "not_approved"),
+        ]
+        stats = svc.stats()
+        assert stats["serial"][side.port]["unknown_device"] == 1
+        assert stats["rejections"]["malformed"] == 1
+        assert stats["queued"] == 1  # only the approved device's reading is stored
+        wait_for("the answers counted", lambda: svc.serial.stats()[side.port]["acked"] == 5)
+    finally:
+        svc.stop()
+        side.close()
