@@ -82,6 +82,7 @@ class Link:
         self.key = coincurve.PrivateKey(hashlib.sha256(b"e2e bench device %d" % i).digest())
         self.address = w3b.address_of(self.key.public_key.format())
         self.published: dict[int, float] = {}
+        self.acked_at: dict[int, float] = {}
         self.acked = threading.Event()
         self.want = 0
         self.resent = 0
@@ -99,7 +100,9 @@ class Link:
         self.client = c
 
     def _ack(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        if json.loads(msg.payload).get("nonce") == self.want:
+        nonce = json.loads(msg.payload).get("nonce")
+        if nonce == self.want:
+            self.acked_at.setdefault(nonce, time.time())
             self.acked.set()
 
     def body(self, nonce: int) -> bytes:
@@ -191,6 +194,7 @@ def simulated_links(links: int, rounds: int, interval_s: float) -> dict[str, Any
             broker.stop()
         done = _finished(tmp / "relay.db")
         latencies, lost = [], 0
+        to_ack = [d.acked_at[n] - t for d in devices for n, t in d.published.items()]
         for d in devices:
             for n, t in d.published.items():
                 f, status = done.get((d.address, n), (None, ""))
@@ -215,6 +219,7 @@ def simulated_links(links: int, rounds: int, interval_s: float) -> dict[str, Any
             "resent_after_10s_without_ack": sum(d.resent for d in devices),
             "wall_s": round(wall, 1),
             "latency_publish_to_taskID": _stats(latencies),
+            "latency_publish_to_ack": _stats(to_ack),  # verified and stored durably
         }
 
 
