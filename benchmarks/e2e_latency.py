@@ -61,6 +61,7 @@ def _stats(latencies_s: list[float]) -> dict[str, Any]:
         "samples": len(ms),
         "p50_ms": round(q[49], 1),
         "p99_ms": round(q[98], 1),
+        "min_ms": round(ms[0], 1),
         "max_ms": round(ms[-1], 1),
         "mean_ms": round(statistics.fmean(ms), 1),
     }
