@@ -134,7 +134,7 @@ class Link:
         self.client.loop_stop()
 
 
-def simulated_links(links: int, rounds: int, interval_s: float) -> dict[str, Any]:
+def simulated_links(links: int, rounds: int, interval_s: float, workers: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="e2e-links-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "mosquitto").mkdir()
@@ -163,7 +163,7 @@ def simulated_links(links: int, rounds: int, interval_s: float) -> dict[str, Any
             procs.append(subprocess.Popen(
                 [*cli, "relay", "--broker", f"mqtt://127.0.0.1:{broker.port}",
                  "--w3bstream", f"http://127.0.0.1:{node_port}", "--store", str(tmp / "relay.db"),
-                 "--approve-all", "--client-id", "e2e-bench-relay"],
+                 "--approve-all", "--client-id", "e2e-bench-relay", "--workers", str(workers)],
                 env=env, stderr=subprocess.DEVNULL,
             ))  # fmt: skip
             time.sleep(3)  # both listening (the relay retries the node anyway)
@@ -213,6 +213,7 @@ def simulated_links(links: int, rounds: int, interval_s: float) -> dict[str, Any
             "devices": links,
             "rounds": rounds,
             "interval_s": interval_s,
+            "relay_workers": workers,
             "published": sum(len(d.published) for d in devices),
             "taskIDs": len(latencies),
             "lost": lost,
@@ -319,6 +320,7 @@ def main() -> None:
     ap.add_argument("--links", type=int, default=100, help="simulated device links (0: skip)")
     ap.add_argument("--rounds", type=int, default=20, help="readings per simulated link")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between readings")
+    ap.add_argument("--relay-workers", type=int, default=4, help="the relay's --workers")
     ap.add_argument("--boards", type=int, default=10, help="full virtual boards (0: skip)")
     ap.add_argument("--board-messages", type=int, default=10, help="readings per board")
     args = ap.parse_args()
@@ -331,7 +333,9 @@ def main() -> None:
         },
     }
     if args.links:
-        out["simulated_links"] = simulated_links(args.links, args.rounds, args.interval)
+        out["simulated_links"] = simulated_links(
+            args.links, args.rounds, args.interval, args.relay_workers
+        )
     if args.boards:
         out["virtual_boards"] = virtual_boards(
             args.boards, args.board_messages, max(1, round(args.interval))
