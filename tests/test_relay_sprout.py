@@ -39,7 +39,7 @@ class Device:
         self.client.on_message = self._ack
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        assert ready.wait(10)
+        assert ready.wait(30)
 
     def _ack(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
@@ -48,7 +48,7 @@ class Device:
     def send(self, body: bytes, timeout_s: float = 30) -> dict[str, Any]:
         """Publish one message and wait for its ack (one in flight, as the firmware)."""
         n = len(self.acks)
-        self.client.publish(messages_topic("9", self.address), body, qos=1).wait_for_publish(10)
+        self.client.publish(messages_topic("9", self.address), body, qos=1).wait_for_publish(30)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self.lock:
@@ -87,7 +87,7 @@ def test_firmware_signed_sprout_messages_are_relayed_once(
     # The W3bstream URL leads nowhere: sprout messages must go to the sprout URL.
     fwd = Forwarder(store, "http://127.0.0.1:9", sprout_url=url, workers=2)
     front.start()
-    front.wait_connected(10)
+    front.wait_connected(30)
     fwd.start()
     dev = Device(broker.port, address)
     try:
@@ -102,7 +102,7 @@ def test_firmware_signed_sprout_messages_are_relayed_once(
         assert (refused["status"], refused["reason"]) == ("rejected", "replayed_nonce")
         # Signed by the device, published as another: dropped, never acked to it.
         dev.client.publish(messages_topic("9", "0x" + "11" * 20), sign(6, 1.0), qos=1)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (
             store.stats()["accepted"] < 4 or "forged_signature" not in store.stats()["rejections"]  # type: ignore[operator]
         ):
