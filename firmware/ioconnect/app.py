@@ -153,6 +153,7 @@ class Loop:
             t2 = time.ticks_us()
             data = None
             gc.collect()  # a flash write wants a whole buffer: give it the best heap
+            dropped = self.outbox.dropped
             try:
                 self.outbox.put(fresh, body)
                 if token is not None and self.cose_outbox is not None:
@@ -162,6 +163,9 @@ class Loop:
                 fresh = 0
             t3 = time.ticks_us()
             body = token = None
+            if self.outbox.dropped != dropped:
+                # The bounded outbox let its oldest go: say which, for the count.
+                emit({"event": "dropped", "nonce": self.outbox.last_dropped, "count": self.outbox.dropped})
             if fresh and self.delivery is not None:
                 # Over MQTT the console would say nothing: tell a watching host
                 # (the demo, `ioconnect monitor`) what was signed.
@@ -311,7 +315,7 @@ def build(key_path="identity.key"):
     settings = attest.Settings(cfg)
     attestor = attest.Attestor(key, settings, probes)
     attestor.prepare()
-    outbox = Outbox()
+    outbox = Outbox(capacity=cfg.get("outbox.capacity", 64))
     delivery = _delivery(cfg, outbox, key)
     cose_outbox = Outbox("outbox.cose") if settings.cose and delivery is None else None
     loop = Loop(attestor, NonceStore(), outbox, cfg, delivery, cose_outbox)

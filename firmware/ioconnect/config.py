@@ -20,6 +20,7 @@ SCHEMA = {
     "mqtt.user": ("str", 0, 64),
     "mqtt.password": ("secret", 0, 64),
     "mqtt.keepalive_s": ("int", 10, 3600),
+    "mqtt.resend_s": ("int", 1, 86400),  # no relay ack this long: publish again
     "outbox.capacity": ("int", 1, 1024),
     "w3bstream.project_id": ("decimal", 1, 20),
     "w3bstream.project_version": ("str", 0, 32),

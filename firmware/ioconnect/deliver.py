@@ -79,6 +79,7 @@ def from_config(outbox, address, project_id, config_path=None):
         tasks_topic=tasks,
         acks_topic=acks,
         keepalive_s=v("mqtt.keepalive_s", 60),
+        resend_s=v("mqtt.resend_s", 30),
         tls=tls,
         ca=v("mqtt.ca") or (_PROVISIONED_CA if tls else None),
         user=v("mqtt.user"),

@@ -31,7 +31,7 @@ class Outbox:
         self.capacity = capacity
         self.max_body = max_body
         self.dropped = 0
-        self._last_dropped = 0
+        self.last_dropped = 0
         try:
             os.mkdir(path)
         except OSError as e:
@@ -47,7 +47,7 @@ class Outbox:
                 self._unlink(name)  # a write cut short: that reading is lost
             elif _is_decimal(name):
                 n = int(name)
-                if n <= self._last_dropped:
+                if n <= self.last_dropped:
                     self._unlink(name)  # dropped and counted before a power cut
                 else:
                     nonces.append(n)
@@ -83,8 +83,8 @@ class Outbox:
         """Store a reading; drops (and counts) the oldest when over capacity."""
         if not isinstance(nonce, int) or nonce < 1:
             raise OutboxError("nonce must be a positive integer")
-        if nonce <= self._last_dropped:
-            raise OutboxError("nonce %d is not newer than dropped %d" % (nonce, self._last_dropped))
+        if nonce <= self.last_dropped:
+            raise OutboxError("nonce %d is not newer than dropped %d" % (nonce, self.last_dropped))
         if len(body) > self.max_body:
             raise OutboxError("body of %d bytes exceeds %d" % (len(body), self.max_body))
         name = self._name(nonce)
@@ -152,7 +152,7 @@ class Outbox:
     def _drop_oldest(self):
         victim = self._nonces[0]
         self.dropped += 1
-        self._last_dropped = victim
+        self.last_dropped = victim
         try:
             self._write(self.path + "/dropped", ("%d %d\n" % (self.dropped, victim)).encode())
         except OSError:
@@ -165,7 +165,7 @@ class Outbox:
             with open(self.path + "/dropped", "rb") as f:
                 parts = f.read().split()
             self.dropped = int(parts[0])
-            self._last_dropped = int(parts[1])
+            self.last_dropped = int(parts[1])
         except (OSError, ValueError, IndexError):
             pass  # none yet, or unreadable: the count starts again
 
