@@ -10,7 +10,8 @@
 # Started by main.py once the device is provisioned (identity + project id).
 # Ctrl-C stops it into the REPL. A sensor fault is a field of the message; a
 # nonce store that cannot write stops signing (reported every cycle, the loop
-# keeps feeding the watchdog and delivering); nothing here ends in a reboot
+# keeps feeding the watchdog and delivering, and signs again once the store
+# can reserve); nothing here ends in a reboot
 # loop. The outbox and the nonce mark live in flash, so deep sleep and power
 # cuts lose neither.
 import binascii
@@ -50,7 +51,7 @@ class Loop:
         self.delivery = delivery
         self.interval_ms = cfg.get("sample.interval_s", 60) * 1000
         self.deep_sleep = cfg.get("sample.deep_sleep", 0) == 1
-        self.halted = None  # why signing stopped (a nonce store fault), or None
+        self.halted = None  # why signing is stopped now (a nonce store fault), or None
         self.cycles = 0
         self.wdt = None
         self.feed_ms = self.interval_ms
@@ -141,13 +142,16 @@ class Loop:
         t1 = time.ticks_us()
         fresh = 0
         t2 = t3 = t1
-        if self.halted is None:
-            from ioconnect.nonce import NonceError
+        from ioconnect.nonce import NonceError
 
-            try:
-                fresh = self.nonces.next()
-            except NonceError as e:
-                self.halted = "nonce store: %s" % e
+        # Asked again every cycle: a store that failed to reserve (flash full,
+        # EIO) hands out nothing above its committed mark, so a retry cannot
+        # reuse a nonce, and signing resumes once the flash takes writes again.
+        try:
+            fresh = self.nonces.next()
+            self.halted = None
+        except NonceError as e:
+            self.halted = "nonce store: %s" % e
         if fresh:
             data, body, token = self.attestor.sign(fresh, readings)
             t2 = time.ticks_us()
