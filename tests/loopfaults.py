@@ -5,7 +5,8 @@ The hook (``CUT_HOOK``, installed as ``cuthook.py`` and imported first by
 ``main.py``) wraps two firmware functions. When the host creates
 ``cut-outbox`` on the flash, the next write of a reading to the outbox writes
 half of its temp file and then the power goes; with ``cut-publish``, the next
-PUBLISH goes out to the broker and the power goes before its PUBACK is read.
+PUBLISH goes out, the broker's PUBACK comes back, and the power goes before the
+publish returns to the delivery layer (before the relay's ack can be applied).
 "The power goes" is ``machine.reset()``, which the virtual board's supervisor
 carries out by killing the VM where it stands (no cleanup runs, as with a
 power cut) and booting again from the same flash. The marker file is removed
@@ -62,23 +63,15 @@ def _cut_write(self, name, data):
 outbox.Outbox._write = _cut_write
 
 _publish = mqtt.MQTTClient.publish
-_read_packet = mqtt.MQTTClient._read_packet
 
 
 def _cut_publish(self, topic, msg, qos=1, n=None):
-    if _armed("publish"):
-        self.cut_nonce = json.loads(bytes(msg[: len(msg) if n is None else n]))["nonce"]
-    return _publish(self, topic, msg, qos, n)
-
-
-def _cut_read(self, deadline, what):
-    if what == "PUBACK" and getattr(self, "cut_nonce", None):
-        _cut("publish", self.cut_nonce)
-    return _read_packet(self, deadline, what)
+    _publish(self, topic, msg, qos, n)
+    if _armed("publish"):  # the broker has it (PUBACK); the relay's ack is not in yet
+        _cut("publish", json.loads(bytes(msg[: len(msg) if n is None else n]))["nonce"])
 
 
 mqtt.MQTTClient.publish = _cut_publish
-mqtt.MQTTClient._read_packet = _cut_read
 """
 
 
