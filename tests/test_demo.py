@@ -85,3 +85,39 @@ def test_demo_bad_input_is_one_line(
     assert main(argv) != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err, err
+
+
+def test_demo_faults_still_accepts_every_reading_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Broker restart, node outage, relay SIGKILL and restart, a board's power cut
+    # and another's Wi-Fi drop, all in one 30 s run (about a minute in all).
+    argv = ["demo", "--faults", "--devices", "2", "--duration", "30", "--json"]
+    code = main([*argv, "--workdir", str(tmp_path)])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["ok"] is True, out["problems"]
+    t = out["totals"]
+    assert t["signed"] == t["accepted"] > 0 and t["rejected"] == 0
+    faults = {f["fault"]: f for f in out["faults"]}
+    assert set(faults) == {"broker restart", "node outage", "relay SIGKILL", "power cut",
+                           "wifi drop"}  # fmt: skip
+    assert all(f["took_effect"] for f in out["faults"])
+    # Each one bit: the relay lost the broker, the forwarder retried while the node
+    # was down, the relay died by SIGKILL and came back, a board booted again, and
+    # readings signed while Wi-Fi was down waited for it.
+    assert faults["broker restart"]["relay_saw_broker_go"] is True
+    assert faults["node outage"]["forwarder_retries"] > 0
+    assert faults["relay SIGKILL"]["exit_status"] == -9 and t["relay_restarts"] == 1
+    cut = next(d for d in out["devices"] if d["device"] == faults["power cut"]["target"])
+    assert cut["boots"] >= 2
+    assert faults["wifi drop"]["readings_held"] > 0
+    # The node's own store: each reading once, signed by its device.
+    stored = 0
+    with sqlite3.connect(tmp_path / "node.sqlite3") as db:
+        for dev in out["devices"]:
+            rows = db.execute("SELECT nonce, body FROM tasks WHERE device=?", (dev["address"],))
+            nonces = [n for n, body in rows if dev["address"] in
+                      w3b.recover_signers(w3b.parse_task(bytes(body)))]  # fmt: skip
+            assert len(nonces) == len(set(nonces)) >= dev["accepted"]  # more came after
+            stored += len(nonces)
+    assert stored >= t["signed"]

@@ -64,6 +64,7 @@ class RunningBroker:
     port: int
     mqtt_version: Literal["5", "3.1.1"]
     _stop: Any = field(repr=False, default=None)
+    _restart: Any = field(repr=False, default=None)
 
     @property
     def url(self) -> str:
@@ -73,6 +74,13 @@ class RunningBroker:
         if self._stop is not None:
             self._stop()
             self._stop = None
+
+    def restart(self, down_s: float = 1.0) -> None:
+        """Stop the broker, wait ``down_s``, start it again on the same port
+        (mosquitto keeps its persistence folder: sessions and queued messages)."""
+        if self._restart is None:
+            raise BrokerError("this broker was stopped")
+        self._restart(down_s)
 
     def __enter__(self) -> RunningBroker:
         return self
@@ -106,24 +114,38 @@ def _start_mosquitto(binary: str, port: int) -> RunningBroker:
         f"persistence true\npersistence_location {folder}/\n"
         "max_queued_messages 100000\nlog_dest none\n"
     )
-    proc = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    if not _wait_listening(port, 10, alive=lambda: proc.poll() is None):
-        proc.kill()
-        err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-        raise BrokerError(f"mosquitto did not start on port {port}: {err or 'no output'}")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def launch() -> None:
+        proc = subprocess.Popen(
+            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        procs[:] = [proc]
+        if not _wait_listening(port, 10, alive=lambda: proc.poll() is None):
+            proc.kill()
+            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+            raise BrokerError(f"mosquitto did not start on port {port}: {err or 'no output'}")
+
+    def end() -> None:
+        for proc in procs:
+            proc.terminate()  # SIGTERM: mosquitto saves its persistence file
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def stop() -> None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end()
         shutil.rmtree(folder, ignore_errors=True)
 
-    return RunningBroker("mosquitto", port, "5", stop)
+    def restart(down_s: float) -> None:
+        end()
+        time.sleep(down_s)
+        launch()
+
+    launch()
+    return RunningBroker("mosquitto", port, "5", stop, restart)
 
 
 def _start_embedded(port: int) -> RunningBroker:
@@ -171,4 +193,12 @@ def _start_embedded(port: int) -> RunningBroker:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(10)
 
-    return RunningBroker("embedded", port, "3.1.1", stop)
+    def restart(down_s: float) -> None:
+        # amqtt keeps nothing across a restart: a new broker on the same port.
+        stop()
+        time.sleep(down_s)
+        fresh = _start_embedded(port)
+        running._stop, running._restart = fresh._stop, fresh._restart
+
+    running = RunningBroker("embedded", port, "3.1.1", stop, restart)
+    return running

@@ -50,15 +50,23 @@ class _LiveView:
 def _print_summary(result: DemoResult) -> None:
     t = result.totals
     print(
-        f"{t['devices']} devices: {t['signed']} readings signed, {t['accepted']} accepted by "
-        f"the node, {t['rejected']} rejected, {t['duplicates_suppressed']} duplicates "
-        "suppressed"
+        f"{t['devices']} devices: {t['signed']} readings signed, {t['relayed']} relayed, "
+        f"{t['accepted']} accepted by the node, {t['rejected']} rejected, "
+        f"{t['duplicates_suppressed']} duplicates suppressed"
     )
+    if result.faults:
+        print(
+            f"{t['faults']} faults injected; the relay restarted {t['relay_restarts']} times, "
+            f"the forwarder retried {t['forwarder_retries']} requests"
+        )
     if t["latency_p50_ms"] is not None:
         print(
             f"latency signed -> accepted: p50 {t['latency_p50_ms']} ms, "
             f"p99 {t['latency_p99_ms']} ms"
         )
+    for f in result.faults:
+        facts = ", ".join(f"{k} {v}" for k, v in f.to_json().items() if k not in ("fault", "at_s"))
+        print(f"fault at {f.at_s:5.1f} s: {f.fault}: {facts}")
     print("every reading accepted exactly once" if result.ok else "NOT every reading arrived:")
 
 
@@ -72,6 +80,7 @@ def _demo(args: argparse.Namespace) -> int:
         broker=args.broker,
         project_id=args.project_id,
         workdir=args.workdir,
+        faults=args.faults,
     )
 
     def progress(text: str) -> None:
@@ -122,5 +131,12 @@ def add_demo_command(sub: Sub) -> None:
     )
     p.add_argument("--project-id", default="42", help="W3bstream project id (default 42)")
     p.add_argument("--workdir", type=Path, default=None, help="keep the demo's files here")
+    p.add_argument(
+        "--faults",
+        action="store_true",
+        help="during the run restart the broker, stop the node for a while, SIGKILL and "
+        "restart the relay, cut a board's power and drop a board's Wi-Fi; still exit 0 "
+        "only if every reading was accepted exactly once",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(handler=_demo)

@@ -32,10 +32,11 @@ import serial
 
 from .boards import load_board
 from .broker import RunningBroker, start_broker
+from .demo_faults import FaultRecord, RelayProcess, watch_for
 from .errors import IoconnectError
 from .frames import FrameReader
 from .inventory import Inventory
-from .node import Node, serve
+from .node import Node, NodeServer, serve
 from .ports import BoardRef
 from .provision import ProvisionOptions, provision
 from .relay_service import RelayOptions, RelayService
@@ -61,6 +62,8 @@ class DemoOptions:
     project_id: str = "42"
     workdir: Path | None = None  # None: a temporary folder, removed at the end
     settle_s: float = 60.0  # how long to wait for the last readings to arrive
+    faults: bool = False  # break every part once during the run (see demo_faults)
+    resend_s: int = 5  # the boards' mqtt.resend_s: publish again when no relay ack came
 
 
 @dataclass
@@ -72,6 +75,7 @@ class DeviceView:
     signed: dict[int, float] = field(default_factory=dict)  # nonce -> time seen signed
     accepted: dict[int, float] = field(default_factory=dict)  # nonce -> time accepted
     errors: list[str] = field(default_factory=list)
+    boots: int = 0  # attestation loops started (power cuts show here)
 
     def row(self) -> dict[str, Any]:
         return {
@@ -80,6 +84,7 @@ class DeviceView:
             "signed": len(self.signed),
             "accepted": len(self.accepted),
             "errors": len(self.errors),
+            "boots": self.boots,
         }
 
 
@@ -91,12 +96,14 @@ class DemoResult:
     devices: list[DeviceView]
     totals: dict[str, Any]
     problems: list[str]
+    faults: list[FaultRecord] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "totals": self.totals,
             "devices": [d.row() for d in self.devices],
+            "faults": [f.to_json() for f in self.faults],
             "problems": self.problems,
         }
 
@@ -132,6 +139,8 @@ class _ConsoleWatch:
         with self._lock:
             if kind == "signed" and isinstance(event.get("nonce"), int):
                 self._view.signed.setdefault(event["nonce"], now)
+            elif kind == "started":
+                self._view.boots += 1
             elif kind in ("error", "halted", "stopped"):
                 self._view.errors.append(str(event.get("reason", "")))
 
@@ -176,33 +185,40 @@ def run_demo(
     stack: list[Callable[[], None]] = []
     try:
         broker_url, mqtt_version = opts.broker, "5"
+        running: RunningBroker | None = None
         if opts.broker in ("auto", "mosquitto", "embedded"):
-            running: RunningBroker = start_broker(opts.broker)  # type: ignore[arg-type]
+            running = start_broker(opts.broker)  # type: ignore[arg-type]
             stack.append(running.stop)
             broker_url, mqtt_version = running.url, running.mqtt_version
             say(f"MQTT broker ({running.kind}, MQTT {mqtt_version}) on {broker_url}")
         inventory = Inventory(work / "inventory.sqlite3")
         node = Node(work / "node.sqlite3", approved=inventory.is_approved)
         stack.append(node.close)
-        server = serve(node)
-        stack.append(server.stop)
-        say(f"W3bstream node on http://127.0.0.1:{server.port}")
-        relay = RelayService(
-            RelayOptions(
-                broker=broker_url,
-                w3bstream=f"http://127.0.0.1:{server.port}",
-                store=work / "relay.sqlite3",
-                mqtt_version="5" if mqtt_version == "5" else "3.1.1",
-                client_id=f"ioconnect-demo-relay-{int(time.time())}",
-            ),
-            approved=inventory.is_approved,
-            log=lambda msg: None,
+        servers = [serve(node)]  # the node, restarted on its port after an outage
+        node_port = servers[0].port
+        stack.append(lambda: servers[-1].stop())
+        say(f"W3bstream node on http://127.0.0.1:{node_port}")
+        relay_opts = RelayOptions(
+            broker=broker_url,
+            w3bstream=f"http://127.0.0.1:{node_port}",
+            store=work / "relay.sqlite3",
+            mqtt_version="5" if mqtt_version == "5" else "3.1.1",
+            client_id=f"ioconnect-demo-relay-{int(time.time())}",
         )
-        relay.start()
-        stack.append(relay.stop)
-        say(f"relay on {broker_url}")
+        relay: RelayService | RelayProcess
+        if opts.faults:
+            # Its own process, so that a fault can SIGKILL it; started once the
+            # inventory it reads exists (readings sent before are sent again).
+            relay = RelayProcess(_relay_args(relay_opts, work / "inventory.sqlite3"),
+                                 work / "relay.log")  # fmt: skip
+        else:
+            relay = RelayService(relay_opts, approved=inventory.is_approved, log=lambda m: None)
+            relay.start()
+            stack.append(relay.stop)
+            say(f"relay on {broker_url}")
 
         views: list[DeviceView] = []
+        boards: list[Any] = []
         watches: list[_ConsoleWatch] = []
         for i in range(opts.devices):
             name = f"demo-{i + 1}"
@@ -226,14 +242,30 @@ def run_demo(
                     inventory=inventory,
                 )
                 session.call("config.set", key="sample.interval_s", value=opts.interval_s)
+                session.call("config.set", key="mqtt.resend_s", value=opts.resend_s)
             # Into the attestation loop, as after a power cycle in the field.
             board.power_cut()
+            boards.append(board)
             view = DeviceView(name=name, address=str(res.identity["address"]).lower())
             views.append(view)
             watches.append(_ConsoleWatch(board.port, view))
         stack.extend(w.close for w in watches)
+        if isinstance(relay, RelayProcess):
+            relay.start()
+            stack.append(relay.stop)
+            say(f"relay on {broker_url} (a child process)")
         say("attesting")
         start = time.monotonic()
+        faults: list[FaultRecord] = []
+        breaker = None
+        if opts.faults:
+            if running is None:
+                say("--faults with --broker URL: the broker is not ours to restart")
+            assert isinstance(relay, RelayProcess)
+            plan = _FaultPlan(running, servers, node, relay, boards, views, faults, start, say)
+            breaker = threading.Thread(target=plan.run, args=(_run_length(opts),),
+                                       name="demo-faults", daemon=True)  # fmt: skip
+            breaker.start()
 
         def refresh() -> None:
             for view in views:
@@ -247,7 +279,7 @@ def run_demo(
                 return all(len(v.accepted) >= opts.messages for v in views)
             return time.monotonic() - start >= opts.duration_s
 
-        while not done():
+        while not done() or (breaker is not None and breaker.is_alive()):
             time.sleep(0.5)
             refresh()
         stop_at = time.time()
@@ -260,7 +292,7 @@ def run_demo(
             ):
                 break
             time.sleep(0.5)
-        return _result(views, relay.stats(), stop_at)
+        return _result(views, relay.stats(), stop_at, faults)
     finally:
         for undo in reversed(stack):
             try:
@@ -271,8 +303,19 @@ def run_demo(
             tmp.cleanup()
 
 
-def _result(views: list[DeviceView], relay_stats: dict[str, Any], stop_at: float) -> DemoResult:
+def _result(
+    views: list[DeviceView],
+    relay_stats: dict[str, Any],
+    stop_at: float,
+    faults: list[FaultRecord] | None = None,
+) -> DemoResult:
     problems: list[str] = []
+    faults = faults or []
+    for f in faults:
+        if f.took_effect is None:
+            _judge_wifi(f, views)
+        if not f.took_effect:
+            problems.append(f"fault {f.fault} at {f.at_s:.1f} s did not take effect: {f.evidence}")
     latencies: list[float] = []
     signed_total = accepted_total = 0
     for v in views:
@@ -296,5 +339,121 @@ def _result(views: list[DeviceView], relay_stats: dict[str, Any], stop_at: float
         "duplicates_suppressed": relay_stats["ingest"].get("duplicate", 0),
         "latency_p50_ms": None if p50 is None else round(p50 * 1000, 1),
         "latency_p99_ms": None if p99 is None else round(p99 * 1000, 1),
+        "forwarder_retries": relay_stats.get("forwarder", {}).get("retries", 0),
+        "relay_restarts": sum(1 for f in faults if f.fault == "relay SIGKILL" and f.took_effect),
+        "faults": len(faults),
     }
-    return DemoResult(ok=not problems, devices=views, totals=totals, problems=problems)
+    return DemoResult(
+        ok=not problems, devices=views, totals=totals, problems=problems, faults=faults
+    )
+
+
+def _relay_args(o: RelayOptions, inventory: Path) -> list[str]:
+    """``ioconnect relay`` arguments for the options the demo's relay runs with."""
+    return [
+        "--broker", o.broker, "--w3bstream", o.w3bstream, "--store", str(o.store),
+        "--inventory", str(inventory), "--client-id", o.client_id,
+        "--mqtt-version", o.mqtt_version,
+    ]  # fmt: skip
+
+
+def _run_length(opts: DemoOptions) -> float:
+    if opts.messages is not None:
+        return float(opts.messages * opts.interval_s)
+    return opts.duration_s
+
+
+class _FaultPlan:
+    """Breaks each part once, spread over the run; records what it did and saw."""
+
+    def __init__(
+        self,
+        broker: RunningBroker | None,
+        servers: list[NodeServer],
+        node: Node,
+        relay: RelayProcess,
+        boards: list[Any],
+        views: list[DeviceView],
+        out: list[FaultRecord],
+        start: float,
+        say: Callable[[str], None],
+    ) -> None:
+        self.broker, self.servers, self.node, self.relay = broker, servers, node, relay
+        self.boards, self.views, self.out, self.start, self.say = boards, views, out, start, say
+
+    def _at(self, t: float) -> None:
+        time.sleep(max(0.0, self.start + t - time.monotonic()))
+
+    def _record(self, fault: str, target: str = "") -> FaultRecord:
+        rec = FaultRecord(fault, time.monotonic() - self.start, target)
+        self.out.append(rec)
+        self.say(f"fault: {fault}" + (f" ({target})" if target else ""))
+        return rec
+
+    def run(self, length_s: float) -> None:
+        try:
+            self._run(length_s)
+        except Exception as exc:  # reported in the result, never a hung demo
+            failed = FaultRecord("fault plan failed", time.monotonic() - self.start)
+            failed.evidence["error"] = repr(exc)
+            failed.took_effect = False
+            self.out.append(failed)
+
+    def _run(self, length_s: float) -> None:
+        relay, broker = self.relay, self.broker
+        if broker is not None:
+            self._at(0.10 * length_s)
+            rec = self._record("broker restart", broker.kind)
+            rec.took_effect = watch_for(
+                lambda: not relay.stats()["mqtt_connected"], lambda: broker.restart(2.0)
+            )
+            rec.evidence["relay_saw_broker_go"] = rec.took_effect
+
+        self._at(0.25 * length_s)
+        rec = self._record("node outage", "local W3bstream node")
+        retries = relay.stats()["forwarder"]["retries"]
+        port = self.servers[-1].port
+        self.servers[-1].stop()
+        time.sleep(5.0)
+        self.servers.append(serve(self.node, port=port))
+        more = relay.stats()["forwarder"]["retries"] - retries
+        rec.evidence.update(down_s=5.0, forwarder_retries=more)
+        rec.took_effect = more > 0
+
+        self._at(0.45 * length_s)
+        rec = self._record("relay SIGKILL", "relay process")
+        code = relay.kill()
+        time.sleep(3.0)
+        relay.restart()
+        rec.evidence.update(exit_status=code, down_s=3.0, restarts=relay.restarts)
+        rec.took_effect = code == -9 and relay.stats()["mqtt_connected"]
+
+        self._at(0.60 * length_s)
+        view = self.views[0]
+        rec = self._record("power cut", view.name)
+        boots = view.boots
+        self.boards[0].power_cut()
+        deadline = time.monotonic() + 30
+        while view.boots == boots and time.monotonic() < deadline:
+            time.sleep(0.1)
+        rec.evidence["booted_again"] = view.boots > boots
+        rec.took_effect = view.boots > boots
+
+        self._at(0.70 * length_s)
+        i = 1 if len(self.boards) > 1 else 0
+        rec = self._record("wifi drop", self.views[i].name)
+        self.boards[i].set_fault(wifi="down")
+        rec.evidence["down_at"] = time.time()
+        time.sleep(6.0)
+        self.boards[i].set_fault(wifi="up")
+        rec.evidence["up_at"] = time.time()
+
+
+def _judge_wifi(f: FaultRecord, views: list[DeviceView]) -> None:
+    # Readings signed while the board's Wi-Fi was down could only be accepted after
+    # it came back: their count says the drop was felt.
+    view = next(v for v in views if v.name == f.target)
+    down, up = f.evidence.pop("down_at", 0.0), f.evidence.pop("up_at", 0.0)
+    held = [n for n, t in view.signed.items() if down <= t <= up and view.accepted.get(n, 0) > up]
+    f.evidence.update(down_s=round(up - down, 1), readings_held=len(held))
+    f.took_effect = bool(held)
