@@ -44,3 +44,54 @@ def test_broker_carries_qos1_and_stops(kind: str) -> None:
         broker.stop()
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", broker.port), 1):
         pass
+
+
+@pytest.mark.parametrize("kind", ["mosquitto", "embedded"])
+def test_broker_restarts_on_its_port(kind: str) -> None:
+    broker = start_broker(kind)  # type: ignore[arg-type]
+    try:
+        closed = threading.Event()
+
+        def probe() -> None:  # the port is really closed while it is down
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not closed.is_set():
+                try:
+                    socket.create_connection(("127.0.0.1", broker.port), 0.2).close()
+                except OSError:
+                    closed.set()
+                time.sleep(0.05)
+
+        t = threading.Thread(target=probe)
+        t.start()
+        # A persistent session with a message queued for it while it is away.
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="away",
+                          clean_session=kind == "embedded")  # fmt: skip
+        sub.connect("127.0.0.1", broker.port)
+        sub.subscribe("t/1", qos=1)
+        sub.loop_start()
+        time.sleep(0.3)
+        sub.disconnect()
+        sub.loop_stop()
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pub")
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        pub.publish("t/1", b"kept", qos=1).wait_for_publish(5)
+        pub.disconnect()
+        pub.loop_stop()
+        broker.restart(1.0)
+        t.join()
+        assert closed.is_set()
+        got: list[bytes] = []
+        back = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="away", clean_session=False)
+        back.on_message = lambda c, u, m: got.append(bytes(m.payload))
+        back.connect("127.0.0.1", broker.port)  # listening again on the same port
+        back.loop_start()
+        deadline = time.monotonic() + 10
+        while kind == "mosquitto" and not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        back.disconnect()
+        back.loop_stop()
+        # mosquitto kept the session and its queued message; amqtt keeps nothing.
+        assert got == ([b"kept"] if kind == "mosquitto" else [])
+    finally:
+        broker.stop()

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import getpass
 import shutil
 import socket
 import subprocess
@@ -110,6 +111,9 @@ def _start_mosquitto(binary: str, port: int) -> RunningBroker:
     folder = Path(tempfile.mkdtemp(prefix="ioconnect-mosquitto-"))
     conf = folder / "mosquitto.conf"
     conf.write_text(
+        # Run as whoever we are: as root, mosquitto would switch to user "mosquitto",
+        # which cannot write its persistence file into our private folder.
+        f"user {getpass.getuser()}\n"
         f"listener {port} 127.0.0.1\nallow_anonymous true\n"
         f"persistence true\npersistence_location {folder}/\n"
         "max_queued_messages 100000\nlog_dest none\n"
