@@ -267,10 +267,13 @@ def run_demo(
                                        name="demo-faults", daemon=True)  # fmt: skip
             breaker.start()
 
-        def refresh() -> None:
+        def collect() -> None:
             for view in views:
                 for task in node.tasks_of(view.address):
                     view.accepted.setdefault(task["nonce"], time.time())
+
+        def refresh() -> None:
+            collect()
             if on_update:
                 on_update(views, relay.stats())
 
@@ -292,7 +295,13 @@ def run_demo(
             ):
                 break
             time.sleep(0.5)
-        return _result(views, relay.stats(), stop_at, faults)
+        # The relay stops (draining what it has in flight) before the last look at
+        # the node: the summary then matches the node's store exactly.
+        stats = relay.stats()
+        stack.remove(relay.stop)
+        relay.stop()
+        collect()
+        return _result(views, stats, stop_at, faults)
     finally:
         for undo in reversed(stack):
             try:
