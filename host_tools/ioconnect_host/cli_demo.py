@@ -50,7 +50,8 @@ class _LiveView:
 def _print_summary(result: DemoResult) -> None:
     t = result.totals
     print(
-        f"{t['devices']} devices: {t['signed']} readings signed, {t['relayed']} relayed, "
+        f"{t['devices']} devices: {t['signed']} readings signed before the stop, "
+        f"{t['relayed']} relayed (in all), "
         f"{t['accepted']} accepted by the node, {t['rejected']} rejected, "
         f"{t['duplicates_suppressed']} duplicates suppressed"
     )
