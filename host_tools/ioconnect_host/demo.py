@@ -359,6 +359,7 @@ def _result(
 
 def _relay_args(o: RelayOptions, inventory: Path) -> list[str]:
     """``ioconnect relay`` arguments for the options the demo's relay runs with."""
+    assert o.broker is not None  # the demo's relay always reads a broker
     return [
         "--broker", o.broker, "--w3bstream", o.w3bstream, "--store", str(o.store),
         "--inventory", str(inventory), "--client-id", o.client_id,
