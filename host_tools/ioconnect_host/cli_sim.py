@@ -98,6 +98,7 @@ def _start(args: argparse.Namespace) -> int:
             heap=args.heap,
             fast=args.fast or None,
             bootsel=args.bootsel,
+            download=args.download,
         )
         port, state = rec.port, rec.state_dir
         uart = rec.uart_port
@@ -110,6 +111,7 @@ def _start(args: argparse.Namespace) -> int:
             heap=args.heap,
             fast=args.fast or None,
             bootsel=args.bootsel,
+            download=args.download,
         )
         port, state = vb.port, str(vb.config.state_dir)
         uart = vb.uart_port
@@ -162,6 +164,18 @@ def _stop(args: argparse.Namespace) -> int:
         print(json.dumps({"stopped": asdict(rec)}))
     else:
         print(f"stopped {rec.name}")
+    return 0
+
+
+def _reset(args: argparse.Namespace) -> int:
+    from ioconnect_sim.launch import reset_running
+
+    rec = reset_running(args.name, download=args.download)
+    mode = "download mode" if args.download else "its firmware"
+    if args.json:
+        print(json.dumps({"name": rec.name, "port": rec.port, "download": args.download}))
+    else:
+        print(f"{rec.name}: reset into {mode} on {rec.port}")
     return 0
 
 
@@ -259,7 +273,8 @@ def add_sim_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
     def usage(args: argparse.Namespace) -> int:
         raise UsageError(
-            "sim: give a command: start, list, stop, fault", hint="see `ioconnect sim --help`"
+            "sim: give a command: start, list, stop, reset, fault",
+            hint="see `ioconnect sim --help`",
         )
 
     sim.set_defaults(handler=usage)
@@ -300,6 +315,12 @@ def add_sim_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="power on held in BOOTSEL (Pico boards): an RPI-RP2 drive folder in the state "
         "folder takes a UF2, which becomes the board's flash (see `sim list`)",
     )
+    start.add_argument(
+        "--download",
+        action="store_true",
+        help="power on in the ROM's download mode (ESP32 family; BOOT held): esptool "
+        "--before no-reset flashes it",
+    )
     start.add_argument("--json", action="store_true", help="print one JSON object")
     start.set_defaults(handler=_start)
 
@@ -311,6 +332,17 @@ def add_sim_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     stop.add_argument("name")
     stop.add_argument("--json", action="store_true", help="print one JSON object")
     stop.set_defaults(handler=_stop)
+
+    reset = cmds.add_parser(
+        "reset",
+        help="press the reset (EN) button of a running virtual board",
+        description="Reset a running virtual board: it boots its firmware, leaving download "
+        "mode. With --download the BOOT button is held: it enters the ROM's download mode.",
+    )
+    reset.add_argument("name")
+    reset.add_argument("--download", action="store_true", help="hold BOOT: download mode")
+    reset.add_argument("--json", action="store_true", help="print one JSON object")
+    reset.set_defaults(handler=_reset)
 
     fault = cmds.add_parser("fault", help="inject a fault into a running virtual board")
     fault.add_argument("name")

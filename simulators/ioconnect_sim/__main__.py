@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heap")
     parser.add_argument("--fast", action="store_true")
     parser.add_argument("--bootsel", action="store_true")
+    parser.add_argument("--download", action="store_true")
     args = parser.parse_args(argv)
     try:
         vb = start_board(
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
             heap=args.heap,
             fast=args.fast,
             bootsel=args.bootsel,
+            download=args.download,
         )
     except IoconnectError as err:
         print(f"ioconnect-sim: error: {err}", file=sys.stderr)

@@ -37,6 +37,7 @@ from ioconnect_host.paths import home
 
 from .boardlog import open_private_append, rotate_if_larger
 from .bootsel import drive_path
+from .download import supports_download as download_capable
 from .flashfs import has_flash
 from .statelock import lock_holder, process_start_time, send_control
 from .supervisor import SimConfig, VirtualBoard
@@ -49,6 +50,7 @@ __all__ = [
     "find_running",
     "list_running",
     "power_cut_running",
+    "reset_running",
     "run_foreground",
     "start_board",
     "start_detached",
@@ -168,6 +170,7 @@ def start_board(
     install_firmware: bool = True,
     fast: bool | None = None,
     bootsel: bool = False,
+    download: bool = False,
 ) -> VirtualBoard:
     """Power on a virtual ``board`` (a name from boards/, e.g. ``"esp32"``).
 
@@ -184,6 +187,8 @@ def start_board(
             the ``IOCONNECT_SIM_FAST`` environment variable ("1": fast), else the wire's.
         bootsel: a UF2 board (Pico) powers on in BOOTSEL: its RPI-RP2 drive
             (``<state>/RPI-RP2``) appears instead of MicroPython.
+        download: an ESP32-family board powers on in its ROM's download mode
+            (BOOT held): esptool flashes it (``--before no-reset``).
 
     Returns:
         The started board; ``.port`` is its serial port.
@@ -209,7 +214,13 @@ def start_board(
         vm_cache=home() / "cache" / f"vmlib-{host_mpy_arch()}",
         line_rate=0 if _fast(fast) else spec.console.bytes_per_s,
         bootsel=bootsel,
+        download=download,
     )
+    if download and not download_capable(config.board):
+        raise SimError(
+            f"{board} has no ROM serial bootloader to start in",
+            hint="download mode is for the ESP32 family (esp32, esp32-s3, esp32-c3)",
+        )
     # A board that was flashed boots from its flash file; one held in BOOTSEL
     # waits for a UF2: neither gets the firmware folder.
     if install_firmware and not bootsel and not has_flash(state):
@@ -269,6 +280,7 @@ def start_detached(
     timeout_s: float = 30.0,
     fast: bool | None = None,
     bootsel: bool = False,
+    download: bool = False,
 ) -> RunningBoard:
     """Start a board in a background process that outlives this one.
 
@@ -288,6 +300,8 @@ def start_detached(
         argv.append("--fast")
     if bootsel:
         argv += ["--bootsel"]
+    if download:
+        argv += ["--download"]
     log = state / "supervisor.log"
     rotate_if_larger(log, _SUPERVISOR_LOG_LIMIT)  # bounded across restarts
     out = open_private_append(log)
@@ -334,6 +348,20 @@ def stop_running(name: str, *, timeout_s: float = 10.0) -> RunningBoard:
     _kill_holder(rec)
     if not _gone(rec, 5.0):
         raise SimError(f"virtual board {name!r} (pid {rec.pid}) could not be stopped")
+    return rec
+
+
+def reset_running(name: str, *, download: bool = False) -> RunningBoard:
+    """Press EN on the running board ``name`` (with BOOT held: ``download``).
+
+    Raises:
+        SimError: no such board runs, or it has no download mode.
+    """
+    rec = find_running(name)
+    if download and not download_capable(load_board(rec.board).vm_config()):
+        raise SimError(f"{name} ({rec.board}) has no ROM serial bootloader")
+    if not send_control(Path(rec.state_dir), "download" if download else "reset"):
+        raise SimError(f"virtual board {name!r} stopped meanwhile")
     return rec
 
 

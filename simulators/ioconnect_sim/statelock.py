@@ -37,7 +37,7 @@ __all__ = [
 LOCK_NAME = ".lock"
 CONTROL_NAME = ".ctl"
 #: What a board accepts on its control FIFO, one word per line.
-CONTROL_WORDS = ("stop", "power-cut")
+CONTROL_WORDS = ("stop", "power-cut", "reset", "download")
 # A reader (``lock_holder``) holds a shared lock for microseconds; a board
 # starting at that moment waits this long before it calls the folder busy.
 _LOCK_RETRY_S = 0.5

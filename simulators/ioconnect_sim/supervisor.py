@@ -32,6 +32,7 @@ from pathlib import Path
 from ioconnect_host.errors import IoconnectError
 from ioconnect_host.vm import micropython_command
 
+from . import download
 from .boardlog import DEFAULT_LOG_LIMIT, RotatingLog
 from .bootsel import Drive
 from .flashfs import has_flash, mount_config
@@ -123,6 +124,7 @@ class SimConfig:
     preload: list[str] = field(default_factory=list)
     vm_cache: Path | None = None  # compiled console/shims; shared by a fleet (default: state_dir)
     bootsel: bool = False  # power on held in BOOTSEL (a UF2 board): the drive, no VM
+    download: bool = False  # power on in the ROM's download mode (ESP32: BOOT held)
     log_limit: int = DEFAULT_LOG_LIMIT  # bytes per console.log file (one rotated file kept)
     line_rate: int = 0  # the console wire's bytes/s each way (boards.Console); 0: no limit
 
@@ -227,6 +229,12 @@ class VirtualBoard:
         self._line_out = Line(config.line_rate)  # board -> host
         self._out_resume = 0.0  # the VM's output waits for the wire until then (0: reading)
         self._drive: Drive | None = None  # the BOOTSEL drive while the board is in BOOTSEL
+        self._download: download.DownloadMode | None = None  # the ESP32 ROM loader has the port
+        # In download mode the wire runs at the baud rate the host set on the pty
+        # (esptool changes it); the host's bytes wait in the pty until they may cross.
+        self._rom_in = Line(0)
+        self._rom_out = Line(0)
+        self._rom_resume = 0.0  # the pty is read again from then (0: it is read)
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> str:
@@ -265,7 +273,8 @@ class VirtualBoard:
         self._ctl = open_control(cfg.state_dir)  # `sim stop` / `sim fault --power-cut`
         self._sel.register(self._ctl, selectors.EVENT_READ, "ctl")
         # Every VM is started by the relay thread (see _boot: it dies with it).
-        self._next, self._boot_at = (False, "power_on"), time.monotonic()
+        first = "download" if cfg.download and self.can_download else "power_on"
+        self._next, self._boot_at = (False, first), time.monotonic()
         if cfg.bootsel and self._uf2_board():
             self._boot_at = None
             self._open_drive()
@@ -301,6 +310,7 @@ class VirtualBoard:
         if self._thread:
             self._thread.join(timeout=5)
         self._kill()
+        self._stop_download()
         for fd in (self._master, self._slave, self._wake_r, self._wake_w, self._ctl):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -352,6 +362,28 @@ class VirtualBoard:
             return
         self._restart(False, "power_on")
         self._wake()
+
+    @property
+    def can_download(self) -> bool:
+        """True if the board's chip has a ROM serial bootloader (the ESP32 family)."""
+        return download.supports_download(self.config.board)
+
+    @property
+    def in_download_mode(self) -> bool:
+        """True while the ROM bootloader, not MicroPython, answers on the port."""
+        return self._download is not None
+
+    def enter_download_mode(self) -> None:
+        """Reset into the ROM's download mode, as holding BOOT while pressing EN does."""
+        if self._running and self.can_download:
+            self._restart(False, "download")
+            self._wake()
+
+    def reset(self) -> None:
+        """Press EN: the chip powers on again and boots its firmware (leaves download mode)."""
+        if self._running:
+            self._restart(False, "power_on")
+            self._wake()
 
     def __enter__(self) -> VirtualBoard:
         self.start()
@@ -497,6 +529,12 @@ class VirtualBoard:
             self._flush()
             self._throttle_host()
             timeout = 0.2
+            if self._download is not None and self._to_host:
+                # The ROM's reply did not fit in the pty (or the wire): esptool
+                # waits for the rest of a packet before it answers.
+                timeout = max(0.001, self._rom_out.wait_s())
+            if self._rom_resume:
+                timeout = min(timeout, self._resume_host_reads())
             if self._boot_at is not None:
                 timeout = max(0.0, min(timeout, self._boot_at - time.monotonic()))
             if self._pending:
@@ -545,13 +583,21 @@ class VirtualBoard:
         self._host_paused = pause
 
     def _from_host(self) -> None:
+        rom = self._download
+        room = self._rom_wire_room() if rom is not None else 4096
+        if not room:
+            return
         try:
-            data = os.read(self._master, 4096)
+            data = os.read(self._master, room)
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EIO):  # EIO: no client has the port open
                 time.sleep(0.01)
                 return
             raise
+        if rom is not None:  # download mode: the ROM loader reads the line, bytes as they are
+            self._rom_in.spend(len(data))
+            self._to_host += rom.feed(data)
+            return
         # Keep bytes and Ctrl-Cs in order: nothing typed after a Ctrl-C reaches the
         # VM before that interrupt has been delivered.
         parts = data.split(b"\x03")
@@ -685,6 +731,10 @@ class VirtualBoard:
                 threading.Thread(target=self.stop, name="sim-stop", daemon=True).start()
             elif word == b"power-cut":
                 self.power_cut()
+            elif word == b"reset":
+                self.reset()
+            elif word == b"download":
+                self.enter_download_mode()
 
     def _control(self, msg: str) -> None:
         # Lines from the VM's shims (see vm/_simboard.py ctl()).
@@ -703,7 +753,9 @@ class VirtualBoard:
         elif word == "bootloader":
             # machine.bootloader(): the rp2 boot ROM's USB drive. (ESP32 download
             # mode is not emulated here: the board resets.)
-            self._restart(False, "bootsel" if self._uf2_board() else "hard")
+            # ESP32: the ROM's serial download mode.
+            cause = "download" if self.can_download else "hard"
+            self._restart(False, "bootsel" if self._uf2_board() else cause)
         elif word == "wdt":
             self._wdt_timeout_s = int(arg) / 1000
             self._wdt_deadline = time.monotonic() + self._wdt_timeout_s
@@ -737,6 +789,8 @@ class VirtualBoard:
 
         Keys: ``wifi`` ("up"/"down"), ``sensors`` ({name: "fail"|"ok"}), ``flash``
         (None/"eio"/"enospc"). The VM re-reads them on its next hardware access.
+        ``line_max_baud`` (int, 0: none): in download mode the line garbles
+        everything above that baud rate (read on entering download mode).
         """
         write_faults(self.config.state_dir, faults)
 
@@ -750,9 +804,14 @@ class VirtualBoard:
             except (BlockingIOError, BrokenPipeError):
                 pass
         if self._to_host:
+            room = len(self._to_host)
+            if self._download is not None:
+                room = self._rom_out.allowed(room)
             try:
-                n = os.write(self._master, self._to_host)
+                n = os.write(self._master, self._to_host[:room]) if room else 0
                 del self._to_host[:n]
+                if self._download is not None:
+                    self._rom_out.spend(n)
             except BlockingIOError:
                 pass
             else:
@@ -778,7 +837,12 @@ class VirtualBoard:
         if self._drive:  # powered on again (a power cut): out of BOOTSEL
             self._drive.close()
             self._drive = None
-        self._boot(raw=self._next[0], cause=self._next[1])
+        raw, cause = self._next
+        if cause == "download":
+            self._start_download()
+            return
+        self._stop_download()
+        self._boot(raw=raw, cause=cause)
 
     def _next_boot(self, code: int, pending: tuple[bool, str] | None) -> tuple[bool, str, float]:
         """(raw REPL?, reset cause, seconds until power-on; -1: only a power cut wakes it)."""
@@ -799,6 +863,85 @@ class VirtualBoard:
             self._log.write(f"[sim] VM exited with status {code}; rebooting\n".encode())
         return False, "hard", 0.5
 
+
+    # -- download mode (ESP32 family) ----------------------------------------
+    def _start_download(self) -> None:
+        cfg = self.config
+        self._stop_download()
+        try:
+            self._download = download.DownloadMode(
+                cfg.board,
+                cfg.name,
+                cfg.seed,
+                cfg.state_dir,
+                cfg.flash_dir,
+                self._master,
+                self._leave_download,
+                self._line_max_baud(),
+            )
+        except (OSError, IoconnectError) as exc:  # e.g. no room for the flash file
+            self._log_line(f"[sim] download mode failed: {exc}; booting instead")
+            self._boot(False, "hard")
+            return
+        if self._download.created:
+            self._log_line("[sim] flash.bin made from the filesystem: the board boots from it")
+        self._log_line("[sim] download mode: the ROM bootloader has the serial port")
+        # A reset empties the board's input buffers: nothing typed before reaches the ROM.
+        self._pending.clear()
+        self._to_vm.clear()
+        self._to_host += self._download.banner()
+        self.boots += 1
+
+    def _line_max_baud(self) -> int:
+        try:
+            faults = json.loads((self.config.state_dir / "faults.json").read_bytes() or b"{}")
+        except (OSError, ValueError):
+            return 0
+        value = faults.get("line_max_baud") if isinstance(faults, dict) else None
+        return value if isinstance(value, int) else 0
+
+    def _leave_download(self, how: str) -> None:
+        # Called by the ROM loader (relay thread) when the host runs the firmware:
+        # "run" (FLASH_END / MEM_END / RUN_USER_CODE), "reset" (a watchdog reset).
+        self._next, self._boot_at = (False, "wdt" if how == "reset" else "hard"), 0.0
+
+    def _stop_download(self) -> None:
+        rom, self._download = self._download, None
+        if self._rom_resume:
+            self._resume_host_reads(now=True)
+        self._rom_in = self._rom_out = Line(0)
+        if rom is None:
+            return
+        rom.close()
+        if rom.created and self._running:
+            self._write_sim_json()  # the VM mounts the flash file from now on
+            self._heap = self._vm_heap()
+
+    def _rom_wire_room(self) -> int:
+        """How many host bytes the ROM may read now; 0: the pty is left unread a while."""
+        rom = self._download
+        if rom is None or not self.config.line_rate:
+            return 4096
+        rate = rom.rom.baud() // 10  # 8N1: ten bits a byte
+        if rate != self._rom_in.bytes_per_s:
+            self._rom_in, self._rom_out = Line(rate), Line(rate)
+        room = self._rom_in.allowed(4096)
+        if not room:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(self._master)
+            self._rom_resume = time.monotonic() + max(0.001, self._rom_in.wait_s())
+        return room
+
+    def _resume_host_reads(self, now: bool = False) -> float:
+        """Read the pty again once the wire has room; seconds left to wait."""
+        left = self._rom_resume - time.monotonic()
+        if left > 0 and not now:
+            return left
+        self._rom_resume = 0.0
+        if self._master >= 0 and not self._host_paused:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.register(self._master, selectors.EVENT_READ, "host")
+        return 0.2
 
     # -- BOOTSEL (UF2 boards) ----------------------------------------------
     def _uf2_board(self) -> bool:

@@ -46,7 +46,8 @@ def soft_reset():
 
 
 def bootloader(value=None):
-    # rp2: the boot ROM's USB drive (BOOTSEL); the supervisor shows it.
+    # rp2: the boot ROM's USB drive (BOOTSEL); esp32: the ROM's serial download
+    # mode (ioconnect_sim/romboot.py). The supervisor shows either.
     _b.ctl("bootloader")
     _halt()
 
