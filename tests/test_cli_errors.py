@@ -59,7 +59,11 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # argv (with {tmp} for a fresh folder holding a regular file "file"), exit, stderr line.
 NO_BOARD_NEEDED = [
     ([], 2, f"give a command: {', '.join(COMMANDS)} (see `ioconnect --help`)"),
-    (["sim"], 2, "sim: give a command: start, list, stop, fault (see `ioconnect sim --help`)"),
+    (
+        ["sim"],
+        2,
+        "sim: give a command: start, list, stop, reset, fault (see `ioconnect sim --help`)",
+    ),
     (
         ["identity"],
         2,
@@ -70,7 +74,7 @@ NO_BOARD_NEEDED = [
         ["sim", "strat"],
         2,
         "sim: argument COMMAND: invalid choice: 'strat' (choose from 'start', 'list', 'stop', "
-        "'fault', 'pin') (did you mean 'start'?)",
+        "'reset', 'fault', 'pin') (did you mean 'start'?)",
     ),
     (
         ["sim", "start"],

@@ -2,7 +2,7 @@
 
 Dispatches on the board file's ``[flash].firmware_format``: ``uf2`` boards
 (the Pico family) go through the BOOTSEL drive (:mod:`.flash_uf2`); ``bin``
-boards (the ESP32 family, esptool) register their flasher in ``FLASHERS``.
+boards (the ESP32 family) through esptool's Python API (:mod:`.flash_esp`).
 """
 
 from __future__ import annotations
@@ -42,8 +42,52 @@ def _flash_uf2(board: Board, args: argparse.Namespace, ref: BoardRef | None) -> 
     return result.to_json()
 
 
-FLASHERS: dict[str, Flasher] = {"uf2": _flash_uf2}
-# "bin" (ESP32 family, esptool as a library) is registered here by its module.
+def _bar(done: int, total: int) -> None:
+    width = 30
+    filled = width * done // total if total else width
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+    if done >= total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def _press_enter(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+    sys.stdin.readline()
+
+
+def _flash_bin(board: Board, args: argparse.Namespace, ref: BoardRef | None) -> dict[str, object]:
+    from .flash_esp import check_image, flash_esp
+
+    try:
+        image = args.firmware.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read --firmware {args.firmware}: {exc.strerror}") from None
+    check_image(board, image)  # a wrong image is refused before the board is touched
+    if ref is None:
+        raise UsageError(f"give -p/--port: {board.name} is flashed over its serial port")
+    if args.erase and args.erase_identity:
+        print(
+            "WARNING: --erase --erase-identity DESTROYS the device's identity key: "
+            "its DID and every registration made with it are lost for good",
+            file=sys.stderr,
+            flush=True,
+        )
+    interactive = sys.stdin.isatty() and sys.stderr.isatty()
+    result = flash_esp(
+        board,
+        image,
+        ref,
+        erase=args.erase,
+        erase_identity=args.erase_identity,
+        baud=args.baud,
+        progress=_bar if interactive and not args.json else None,
+        ask=_press_enter if interactive else None,
+    )
+    return result.to_json()
+
+
+FLASHERS: dict[str, Flasher] = {"uf2": _flash_uf2, "bin": _flash_bin}
 
 
 def _flash(args: argparse.Namespace) -> int:
@@ -75,7 +119,8 @@ def add_flash_command(sub: Sub) -> None:
     """Register ``flash`` on the top-level parser's subcommands."""
     text = (
         "put a firmware on a board: Pico boards through the RPI-RP2 (BOOTSEL) drive, "
-        "asking the running MicroPython for its bootloader first"
+        "asking the running MicroPython for its bootloader first; ESP32 boards through "
+        "esptool (chip and image checked, written at the board's offset, verified, reset)"
     )
     p = sub.add_parser("flash", help="flash MicroPython or an image onto a board", description=text)
     p.add_argument("--board", help="board name (default: what the port is known as)")
@@ -90,9 +135,22 @@ def add_flash_command(sub: Sub) -> None:
         help="the board is in BOOTSEL already (no serial port to ask or wait for)",
     )
     p.add_argument(
+        "--erase",
+        action="store_true",
+        help="ESP32: erase the whole flash first (refused while the board holds an identity)",
+    )
+    p.add_argument(
         "--erase-identity",
         action="store_true",
-        help="allow an image with its own filesystem to replace a board's identity (key lost)",
+        help="allow an image with its own filesystem, or --erase, to replace a board's "
+        "identity (key lost)",
+    )
+    p.add_argument(
+        "--baud",
+        type=int,
+        default=460800,
+        choices=[115200, 230400, 460800, 921600],
+        help="ESP32: fastest baud rate to try; slower ones follow on failure (default 460800)",
     )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds for each wait")
     p.add_argument("--json", action="store_true", help="print one JSON object")
