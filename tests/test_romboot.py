@@ -202,3 +202,18 @@ def _answers(port: str) -> bool:
             return t.exec("print(1 + 1)", timeout_s=5).strip() == b"2"
     except IoconnectError:
         return False
+
+
+def test_download_mode_asked_for_while_the_board_boots_is_not_lost(tmp_path: Path) -> None:
+    # Leaving the first download stay remounts the board's filesystem from its new
+    # flash file (sim.json, heap calibration): a BOOT+EN press in that window must
+    # still land in the ROM, not in a MicroPython that swallows esptool's SYNCs.
+    with start_board("esp32", name="rom-race", state_dir=tmp_path / "s", download=True) as vb:
+        wait_until(lambda: vb.in_download_mode, "download mode")
+        vb.reset()
+        wait_until(lambda: not vb.in_download_mode, "leaving download mode")
+        vb.enter_download_mode()
+        wait_until(lambda: vb.in_download_mode, "download mode again")
+        done = esptool(vb.port, "read-mac")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert vb.in_download_mode

@@ -841,7 +841,10 @@ class VirtualBoard:
         if cause == "download":
             self._start_download()
             return
-        self._stop_download()
+        self._stop_download()  # may take a while (the heap calibrated anew)
+        with self._lock:
+            if self._boot_at is not None:  # reset again meanwhile: the next turn obeys that
+                return
         self._boot(raw=raw, cause=cause)
 
     def _next_boot(self, code: int, pending: tuple[bool, str] | None) -> tuple[bool, str, float]:
