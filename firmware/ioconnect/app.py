@@ -255,7 +255,7 @@ def _delivery(cfg, outbox, key):
         import network  # noqa: F401  (boards without a radio have none)
     except ImportError:
         return None
-    from ioconnect import deliver, did, net
+    from ioconnect import deliver, net
 
     if net.wifi_up(cfg.get("wifi.ssid", ""), cfg.get("wifi.password", ""), _WIFI_TIMEOUT_MS):
         try:
@@ -264,14 +264,27 @@ def _delivery(cfg, outbox, key):
             ntptime.settime()  # the RTC in UTC: timestamps become real
         except (ImportError, OSError):
             pass  # no NTP: the payload says "clock": "unset" until it is set
-    address = did.eth_address(key.public_key())
-    return deliver.from_config(outbox, address, cfg["w3bstream.project_id"])
+    from ioconnect import forget
+
+    keep = set(sys.modules)
+    d = deliver.from_config(outbox, eth_address(key), cfg["w3bstream.project_id"])
+    forget(keep)  # from_config reads the settings: config and jsonin (11 KB) go again
+    return d
+
+
+def eth_address(key):
+    # did.eth_address without loading did and encoding (9 KB on the 96 KB heap,
+    # for one line): "0x" + hex of the last 20 bytes of keccak256(X||Y).
+    from ioconnect.keccak import keccak256
+
+    return "0x" + binascii.hexlify(keccak256(key.public_key()[1:])[12:]).decode()
 
 
 # Modules the loop keeps for good, loaded first and in one go: loaded on first
 # use instead, mid-cycle, each landed between the cycle's garbage and left the
 # 96 KB heap in pieces too small to sign (measured: 21 KB free, largest 1.3 KB).
 _RESIDENT = (
+    "ioconnect.keccak",  # viper: loaded first, while the heap is whole
     "ioconnect.keys",
     "ioconnect.nonce",
     "ioconnect.outbox",
@@ -282,7 +295,7 @@ _RESIDENT = (
     "ioconnect.ecdsa",
     "ioconnect.utf8",
     "ioconnect.gojson",
-    "ioconnect.profiles",
+    "ioconnect.w3btask",
 )
 _RESIDENT_COSE = ("ioconnect.cbor", "ioconnect.cose")
 
