@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,21 +23,27 @@ import coincurve
 from boardsetup import PROJECT, k256, provision
 from brokers import Acker, Broker
 from ioconnect_host import agent
+from ioconnect_host.firmware import compile_module, host_mpy_arch
 from ioconnect_host.transport import SerialTransport
 from ioconnect_sim.launch import start_board
 
+# Installed on the flash compiled (loopdrv.mpy), as the firmware is: compiled
+# in the VM, its parse would take heap the loop never has to give at boot.
 DRIVER = """
 import array, gc, json, time
 from ioconnect import app
+with open("loopdrv.json") as f:
+    P = json.load(f)
 gc.collect()
 before_build = gc.mem_free()
 lp = app.build()
 d = lp.delivery
 gc.collect()
 built = gc.mem_free()
-N = %(cycles)d
-EVERY = %(every)d
-W = %(window)d
+N = P["cycles"]
+EVERY = P["every"]
+W = P["window"]
+P = None
 per100 = array.array("i", [0] * (N // EVERY))
 # sums and maxima (us): read, sign, store, publish (PUBLISH + PUBACK), deliver
 # (until the relay's ack removed the reading); preallocated, as the loop's.
@@ -81,7 +88,7 @@ for i in range(N):
         low[1] = f
     if i >= N - W and f < low[2]:
         low[2] = f
-    if i %% EVERY == EVERY - 1:
+    if i % EVERY == EVERY - 1:
         per100[i // EVERY] = f
 gc.collect()
 res = {"before_build": before_build, "built": built, "after_connect": connect_free,
@@ -89,6 +96,57 @@ res = {"before_build": before_build, "built": built, "after_connect": connect_fr
        "low_first": low[1], "low_last": low[2], "low_uncollected": low[3],
        "tot_us": list(tot), "top_us": list(top), "cycles": lp.cycles, "stuck": stuck,
        "pending": len(lp.outbox), "stats": d.stats}
+print("RESULT " + json.dumps(res))
+"""
+
+# The least free heap with which the loop's Delivery connects (CONNECT, and over
+# TLS the handshake with the server certificate check) and subscribes: a ballast
+# block holds the rest, bisected to 256 bytes.
+CONNECT_PROBE = """
+import gc, json
+from ioconnect import app
+lp = app.build()
+d = lp.delivery
+def ballast(x):
+    # Blocks of 4 KB (one block of all would not fit between the loop's objects)
+    # until x bytes are left free.
+    keep = []
+    while x >= 0:
+        n = gc.mem_free() - x - 64
+        if n <= 0:
+            break
+        try:
+            keep.append(bytearray(4096 if n > 4096 else n))
+        except MemoryError:
+            break
+    return keep
+def attempt(x):
+    d.client.close()
+    d.client.ssl_context = None
+    gc.collect()
+    b = ballast(x)
+    d.backoff.reset()
+    try:
+        d.step(0)
+        ok = d.connected()
+    except MemoryError:
+        ok = False
+    b = None
+    d.client.close()
+    gc.collect()
+    return ok
+gc.collect()
+free = gc.mem_free()
+res = {"free": free, "connects": attempt(-1), "error": d.stats["last_error"]}
+lo, hi = 0, free - 1024
+if res["connects"] and attempt(hi):
+    while hi - lo > 256:
+        mid = (lo + hi) // 2
+        if attempt(mid):
+            hi = mid
+        else:
+            lo = mid
+    res["least_free"] = hi
 print("RESULT " + json.dumps(res))
 """
 
@@ -101,6 +159,16 @@ class LoopRun:
     device: dict[str, Any]
     events: list[dict[str, Any]]
     received: list[str]  # the bodies the relay got from this device, as sent
+
+
+def install_driver(flash: Path, params: dict[str, int]) -> None:
+    """Put the driver, compiled for this VM, and its parameters on a board's flash."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "loopdrv.py"
+        src.write_text(DRIVER)
+        code = compile_module(src, mpy_arch=host_mpy_arch(), source_name="loopdrv.py")
+    (flash / "loopdrv.mpy").write_bytes(code)
+    (flash / "loopdrv.json").write_text(json.dumps(params))
 
 
 def loop_settings(broker: Broker, *, tls: bool) -> dict[str, Any]:
@@ -127,7 +195,7 @@ def run_loop(
     address = provision(state / "flash", board, settings)
     if tls:
         (state / "flash" / "ca.pem").write_bytes(broker.ca.read_bytes())
-    code = DRIVER % {"cycles": cycles, "every": every, "window": window}
+    install_driver(state / "flash", {"cycles": cycles, "every": every, "window": window})
     with Acker(broker.port, client_id=f"loopheap-{address[-8:]}") as acker:
         vb = start_board(board, name=f"loopheap-{board}-{address[-6:]}", state_dir=state,
                          **({"heap": heap} if heap else {}))  # fmt: skip
@@ -136,7 +204,7 @@ def run_loop(
                 # The board boots into its loop: stop it and take the fresh heap of
                 # a soft reset (no main.py), as the loop has at boot.
                 t.enter_raw_repl(soft_reset=True)
-                out = t.exec(code, timeout_s=timeout_s)
+                out = t.exec("import loopdrv", timeout_s=timeout_s)
         finally:
             vb.stop()
         with acker.lock:
@@ -145,6 +213,29 @@ def run_loop(
     if not lines:
         raise AssertionError(f"the device printed no result: {out[-2000:]!r}")
     return LoopRun(address, json.loads(lines[-1][7:]), agent.parse_events(out), received)
+
+
+def probe_connect(
+    board: str, broker: Broker, state: Path, *, tls: bool, heap: str | None = None
+) -> dict[str, Any]:
+    """The least free heap the loop's MQTT connect needs on ``board`` (see CONNECT_PROBE)."""
+    settings = {"wifi.ssid": "lab", **loop_settings(broker, tls=tls)}
+    address = provision(state / "flash", board, settings)
+    if tls:
+        (state / "flash" / "ca.pem").write_bytes(broker.ca.read_bytes())
+    vb = start_board(board, name=f"loopprobe-{board}-{address[-6:]}", state_dir=state,
+                     **({"heap": heap} if heap else {}))  # fmt: skip
+    try:
+        with SerialTransport(vb.port) as t:
+            t.enter_raw_repl(soft_reset=True)
+            out = t.exec(CONNECT_PROBE, timeout_s=600)
+    finally:
+        vb.stop()
+    lines = [x for x in out.decode(errors="replace").splitlines() if x.startswith("RESULT ")]
+    if not lines:
+        raise AssertionError(f"the device printed no result: {out[-2000:]!r}")
+    result: dict[str, Any] = json.loads(lines[-1][7:])
+    return result
 
 
 def _go_json(body: dict[str, Any], payload_raw: str) -> bytes:
@@ -166,4 +257,4 @@ def task_signers(body_text: str) -> set[str]:
     return out
 
 
-__all__ = ["PROJECT", "LoopRun", "loop_settings", "run_loop", "task_signers"]
+__all__ = ["PROJECT", "LoopRun", "loop_settings", "probe_connect", "run_loop", "task_signers"]

@@ -300,6 +300,28 @@ _RESIDENT = (
 _RESIDENT_COSE = ("ioconnect.cbor", "ioconnect.cose")
 
 
+# Loaded for their names only (see _intern), with the resident ones.
+_NAMES_ONLY = ("ioconnect.config", "ioconnect.deliver")
+
+
+def _intern(names):
+    # Intern the loop's names at the bottom of the boot's heap, before its code
+    # is loaded. Loading a module interns its names first (in small chunks that
+    # stay for good), then its code; loaded once for real, the loop's modules
+    # would leave their names as islands between their code, and after a
+    # Ctrl-C the agent would find the heap in pieces: its first request grows
+    # the name table by one block (1280 entries: about 9 KB, 14 KB on the
+    # 64-bit VM) and failed with most of the heap free. Loaded and unloaded one
+    # by one, each module's names land where the one before had its code.
+    from ioconnect import forget
+
+    keep = set(sys.modules)
+    for name in names:
+        __import__(name)
+        forget(keep)
+        gc.collect()
+
+
 def _preload(names):
     for name in names:
         __import__(name)
@@ -310,6 +332,7 @@ def build(key_path="identity.key"):
     # Everything the loop needs, from flash: key, settings, board file.
     from ioconnect import forget
 
+    _intern(_RESIDENT + _NAMES_ONLY)
     keep = set(sys.modules)
     from ioconnect import config
 

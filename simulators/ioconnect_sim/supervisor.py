@@ -21,6 +21,7 @@ import os
 import re
 import selectors
 import shutil
+import struct
 import subprocess
 import termios
 import threading
@@ -48,8 +49,10 @@ __all__ = [
     "SimConfig",
     "StateInUseError",
     "VirtualBoard",
+    "WORD_SIZE_FACTOR",
     "compile_vm_lib",
     "drive_pin",
+    "heap_factor",
     "vm_dir",
     "write_faults",
 ]
@@ -72,6 +75,39 @@ _SIGINT_GAP_S = 0.05
 _DIE_WITH_US = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
 _HEAP_SLACK = 2048  # the shims' heap blocks are not packed as tightly as C statics
 _OVERHEAD: dict[tuple[str, tuple[str, ...], bool], int] = {}  # per shim set and filesystem
+
+
+#: The firmware's heap on this VM is the board's budget times this factor. The
+#: unix port here is a 64-bit build: every pointer, object word and GC block is
+#: twice as wide as on the boards' 32-bit MicroPython (byte data is not), so the
+#: same firmware takes more of the same heap. Calibrated against the stock
+#: RPI_PICO firmware (MicroPython 1.28, 32-bit) in the rp2040py emulator running
+#: the same workload as this VM (benchmarks/heap_factor.py: the attestation
+#: loop's modules and objects, then signing and storing readings): see
+#: WORD_SIZE_FACTOR_EVIDENCE. Rounded down, so a virtual board is never roomier
+#: than the measured ratio says. IOCONNECT_SIM_HEAP_FACTOR overrides it (1 gives
+#: the bare 64-bit heap, e.g. to see what a 96 KB budget means there).
+WORD_SIZE_FACTOR = 1.35
+WORD_SIZE_FACTOR_EVIDENCE = "see benchmarks/heap_factor.py"
+_FACTOR_ENV = "IOCONNECT_SIM_HEAP_FACTOR"
+
+
+def heap_factor() -> float:
+    """How much more heap the firmware takes on this VM than on a 32-bit board.
+
+    Raises:
+        HeapError: IOCONNECT_SIM_HEAP_FACTOR is set but not a number from 1 to 3.
+    """
+    text = os.environ.get(_FACTOR_ENV)
+    if text is None:
+        return WORD_SIZE_FACTOR if struct.calcsize("P") == 8 else 1.0
+    try:
+        factor = float(text)
+    except ValueError:
+        factor = 0.0
+    if not 1.0 <= factor <= 3.0:
+        raise HeapError(f"{_FACTOR_ENV}={text!r} is not a number from 1 to 3")
+    return factor
 
 
 #: Smallest heap (KiB) a board may be given. benchmarks/min_heap.py (10 fresh
@@ -420,7 +456,7 @@ class VirtualBoard:
                 raise RuntimeError(f"virtual board calibration failed: {done.stderr[-300:]!r}")
             _OVERHEAD[key] = overhead
         self.heap_overhead = overhead
-        return f"{parse_heap(cfg.heap) + overhead + _HEAP_SLACK}"
+        return f"{int(parse_heap(cfg.heap) * heap_factor()) + overhead + _HEAP_SLACK}"
 
     def _boot(self, raw: bool, cause: str) -> None:
         cfg = self.config
