@@ -49,7 +49,8 @@ per100 = array.array("i", [0] * (N // EVERY))
 # (until the relay's ack removed the reading); preallocated, as the loop's.
 tot = array.array("i", [0] * 5)
 top = array.array("i", [0] * 5)
-low = array.array("i", [1 << 30] * 4)  # after collect: all, first window, last window; before collect
+# lowest free heap: after collect (all, first window, last window); uncollected
+low = array.array("i", [1 << 30] * 4)
 pub = array.array("i", [0])
 orig = d.client.publish
 def timed(topic, msg, qos=1, n=None):
@@ -239,7 +240,9 @@ def probe_connect(
 
 
 def _go_json(body: dict[str, Any], payload_raw: str) -> bytes:
-    head = json.dumps({"nonce": body["nonce"], "projectID": body["projectID"]}, separators=(",", ":"))
+    head = json.dumps(
+        {"nonce": body["nonce"], "projectID": body["projectID"]}, separators=(",", ":")
+    )
     return (head[:-1] + ',"payload":' + payload_raw + "}").encode()
 
 
