@@ -147,7 +147,7 @@ def run_pico(uf2: Path, firmware: dict[str, bytes], script: str, work: Path) -> 
     for path, data in firmware.items():
         parts = path.split("/")
         for i in range(1, len(parts)):
-            with contextlib.suppress(littlefs.errors.LittleFSError):  # exists
+            with contextlib.suppress(FileExistsError):  # made for an earlier file
                 fs.mkdir("/".join(parts[:i]))
         with fs.open(path, "wb") as f:
             f.write(data)

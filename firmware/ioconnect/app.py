@@ -249,11 +249,7 @@ class Loop:
 
 def _delivery(cfg, outbox, key):
     # MQTT when configured and the board has Wi-Fi; None means serial.
-    if not cfg.get("mqtt.host"):
-        return None
-    try:
-        import network  # noqa: F401  (boards without a radio have none)
-    except ImportError:
+    if not _mqtt(cfg):
         return None
     from ioconnect import deliver, net
 
@@ -270,6 +266,16 @@ def _delivery(cfg, outbox, key):
     d = deliver.from_config(outbox, eth_address(key), cfg["w3bstream.project_id"])
     forget(keep)  # from_config reads the settings: config and jsonin (11 KB) go again
     return d
+
+
+def _mqtt(cfg):
+    if not cfg.get("mqtt.host"):
+        return False
+    try:
+        import network  # noqa: F401  (boards without a radio have none)
+    except ImportError:
+        return False
+    return True
 
 
 def eth_address(key):
@@ -300,10 +306,6 @@ _RESIDENT = (
 _RESIDENT_COSE = ("ioconnect.cbor", "ioconnect.cose")
 
 
-# Loaded for their names only (see _intern), with the resident ones.
-_NAMES_ONLY = ("ioconnect.config", "ioconnect.deliver")
-
-
 def _intern(names):
     # Intern the loop's names at the bottom of the boot's heap, before its code
     # is loaded. Loading a module interns its names first (in small chunks that
@@ -332,13 +334,15 @@ def build(key_path="identity.key"):
     # Everything the loop needs, from flash: key, settings, board file.
     from ioconnect import forget
 
-    _intern(_RESIDENT + _NAMES_ONLY)
+    _intern(_RESIDENT + ("ioconnect.config",))
     keep = set(sys.modules)
     from ioconnect import config
 
     cfg = config.load()
     forget(keep)  # settings are read once: the schema need not stay in RAM
     gc.collect()
+    if _mqtt(cfg):
+        _intern(("ioconnect.deliver",))  # and mqtt, net: loaded by _delivery
     _preload(_RESIDENT)
     if cfg.get("attest.cose", 0) == 1:
         _preload(_RESIDENT_COSE)
