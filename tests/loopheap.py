@@ -109,17 +109,18 @@ from ioconnect import app
 lp = app.build()
 d = lp.delivery
 def ballast(x):
-    # Blocks of 4 KB (one block of all would not fit between the loop's objects)
-    # until x bytes are left free.
+    # Blocks (one block of all would not fit between the loop's objects),
+    # smaller where the gaps are, until x bytes are left free.
     keep = []
-    while x >= 0:
+    size = 4096
+    while x >= 0 and size >= 64:
         n = gc.mem_free() - x - 64
         if n <= 0:
             break
         try:
-            keep.append(bytearray(4096 if n > 4096 else n))
+            keep.append(bytearray(size if n > size else n))
         except MemoryError:
-            break
+            size //= 2
     return keep
 def attempt(x):
     d.client.close()
