@@ -18,7 +18,7 @@ before the first measurement on both VMs) lets ``ioconnect.mqtt`` load; nothing
 connects. 64-bit: the unix port the virtual boards run (``ioconnect_host.vm``).
 Slow: the emulator runs at 1/20-1/50 of a Pico; about 10-20 minutes.
 
-Needs ``pip install rp2040py==0.3.6 littlefs-python`` (not project dependencies).
+Needs rp2040py and littlefs-python (``pip install -e '.[dev]'``).
 
     python benchmarks/heap_factor.py [--uf2 PATH] [--budget 98304] [--signs 20]
 """
@@ -184,7 +184,7 @@ def main() -> None:
         import littlefs  # noqa: F401
     except ImportError:
         raise SystemExit(
-            "heap_factor: needs littlefs-python and rp2040py (pip install them)"
+            "heap_factor: needs littlefs-python and rp2040py (pip install -e '.[dev]')"
         ) from None
     if not args.uf2.is_file():
         raise SystemExit(f"heap_factor: no firmware at {args.uf2}")
