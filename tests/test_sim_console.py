@@ -20,7 +20,7 @@ from ioconnect_host import agent
 from ioconnect_host.boards import list_boards, load_board
 from ioconnect_host.transport import SerialTransport
 from ioconnect_sim.launch import start_board
-from ioconnect_sim.supervisor import VirtualBoard
+from ioconnect_sim.supervisor import VirtualBoard, heap_factor
 
 BOARDS = list_boards()
 
@@ -178,7 +178,9 @@ def test_soft_reset_reruns_boot_and_main(board: VirtualBoard, console: Console) 
 
 
 def test_heap_budget_is_enforced(board: VirtualBoard) -> None:
-    budget = load_board(board.config.board["name"]).heap_bytes  # type: ignore[arg-type]
+    # The board's budget scaled for the 64-bit VM (supervisor.heap_factor).
+    spec = load_board(board.config.board["name"])  # type: ignore[arg-type]
+    budget = int(spec.heap_bytes * heap_factor())
     with SerialTransport(board.port) as t:
         # A fresh heap: earlier tests on this module's board may have split it
         # (the agent keeps its hash modules loaded), as a long-running board's is.

@@ -249,13 +249,9 @@ class Loop:
 
 def _delivery(cfg, outbox, key):
     # MQTT when configured and the board has Wi-Fi; None means serial.
-    if not cfg.get("mqtt.host"):
+    if not _mqtt(cfg):
         return None
-    try:
-        import network  # noqa: F401  (boards without a radio have none)
-    except ImportError:
-        return None
-    from ioconnect import deliver, did, net
+    from ioconnect import deliver, net
 
     if net.wifi_up(cfg.get("wifi.ssid", ""), cfg.get("wifi.password", ""), _WIFI_TIMEOUT_MS):
         try:
@@ -264,14 +260,37 @@ def _delivery(cfg, outbox, key):
             ntptime.settime()  # the RTC in UTC: timestamps become real
         except (ImportError, OSError):
             pass  # no NTP: the payload says "clock": "unset" until it is set
-    address = did.eth_address(key.public_key())
-    return deliver.from_config(outbox, address, cfg["w3bstream.project_id"])
+    from ioconnect import forget
+
+    keep = set(sys.modules)
+    d = deliver.from_config(outbox, eth_address(key), cfg["w3bstream.project_id"])
+    forget(keep)  # from_config reads the settings: config and jsonin (11 KB) go again
+    return d
+
+
+def _mqtt(cfg):
+    if not cfg.get("mqtt.host"):
+        return False
+    try:
+        import network  # noqa: F401  (boards without a radio have none)
+    except ImportError:
+        return False
+    return True
+
+
+def eth_address(key):
+    # did.eth_address without loading did and encoding (9 KB on the 96 KB heap,
+    # for one line): "0x" + hex of the last 20 bytes of keccak256(X||Y).
+    from ioconnect.keccak import keccak256
+
+    return "0x" + binascii.hexlify(keccak256(key.public_key()[1:])[12:]).decode()
 
 
 # Modules the loop keeps for good, loaded first and in one go: loaded on first
 # use instead, mid-cycle, each landed between the cycle's garbage and left the
 # 96 KB heap in pieces too small to sign (measured: 21 KB free, largest 1.3 KB).
 _RESIDENT = (
+    "ioconnect.keccak",  # viper: loaded first, while the heap is whole
     "ioconnect.keys",
     "ioconnect.nonce",
     "ioconnect.outbox",
@@ -282,9 +301,27 @@ _RESIDENT = (
     "ioconnect.ecdsa",
     "ioconnect.utf8",
     "ioconnect.gojson",
-    "ioconnect.profiles",
+    "ioconnect.w3btask",
 )
 _RESIDENT_COSE = ("ioconnect.cbor", "ioconnect.cose")
+
+
+def _intern(names):
+    # Intern the loop's names at the bottom of the boot's heap, before its code
+    # is loaded. Loading a module interns its names first (in small chunks that
+    # stay for good), then its code; loaded once for real, the loop's modules
+    # would leave their names as islands between their code, and after a
+    # Ctrl-C the agent would find the heap in pieces: its first request grows
+    # the name table by one block (1280 entries: about 9 KB, 14 KB on the
+    # 64-bit VM) and failed with most of the heap free. Loaded and unloaded one
+    # by one, each module's names land where the one before had its code.
+    from ioconnect import forget
+
+    keep = set(sys.modules)
+    for name in names:
+        __import__(name)
+        forget(keep)
+        gc.collect()
 
 
 def _preload(names):
@@ -297,12 +334,15 @@ def build(key_path="identity.key"):
     # Everything the loop needs, from flash: key, settings, board file.
     from ioconnect import forget
 
+    _intern(_RESIDENT + ("ioconnect.config",))
     keep = set(sys.modules)
     from ioconnect import config
 
     cfg = config.load()
     forget(keep)  # settings are read once: the schema need not stay in RAM
     gc.collect()
+    if _mqtt(cfg):
+        _intern(("ioconnect.deliver",))  # and mqtt, net: loaded by _delivery
     _preload(_RESIDENT)
     if cfg.get("attest.cose", 0) == 1:
         _preload(_RESIDENT_COSE)

@@ -1,5 +1,5 @@
 # Attestation: one sensor reading becomes the W3bstream request the device
-# signs (POST /v1/task, profiles.w3bstream_task), and optionally the same
+# signs (POST /v1/task, w3btask.w3bstream_task), and optionally the same
 # payload as a COSE_Sign1 token for consumers outside W3bstream.
 #
 # Payload (compact JSON, keys in this order):
@@ -84,10 +84,10 @@ class Attestor:
 
     def task(self, nonce, data):
         # The POST /v1/task body for payload `data`.
-        from ioconnect import profiles
+        from ioconnect import w3btask
 
         s = self.settings
-        return profiles.w3bstream_task(self.key, nonce, s.project_id, data, s.project_version, s.signed_keys)
+        return w3btask.w3bstream_task(self.key, nonce, s.project_id, data, s.project_version, s.signed_keys)
 
     def prepare(self):
         # Everything signing will need, made now (the loop calls this at start,

@@ -14,11 +14,11 @@
 # After a reconnect the unacknowledged readings are published again (the relay
 # is idempotent on (device, nonce)); also after resend_s with no progress.
 import gc
+import json
 import time
 
 from micropython import const
 
-from ioconnect import jsonin
 from ioconnect.mqtt import MQTTClient, MQTTError
 from ioconnect.net import Backoff
 from ioconnect.outbox import OutboxError
@@ -85,6 +85,36 @@ def from_config(outbox, address, project_id, config_path=None):
         user=v("mqtt.user"),
         password=v("mqtt.password"),
     )
+
+
+def _parse_ack(msg):
+    # The relay's acks are ASCII JSON (json.dumps escapes the rest), which the
+    # built-in parser reads as any parser would: jsonin (5 KB) need not stay
+    # loaded for them. Any other byte or a \u escape: jsonin, loaded for that
+    # ack alone, reads it as the agent reads JSON from outside (surrogate pairs
+    # joined, a lone one refused), so a reason is counted as the relay sent it.
+    plain = msg.find(b"\\u") < 0
+    for c in msg:
+        if c < 0x20 or c > 0x7E:
+            plain = False
+            break
+    if plain:
+        return json.loads(msg)
+    import sys
+
+    from ioconnect import forget
+
+    keep = set(sys.modules)
+    try:
+        return _jsonin_loads(msg)
+    finally:
+        forget(keep)
+
+
+def _jsonin_loads(msg):
+    from ioconnect import jsonin
+
+    return jsonin.loads(msg)
 
 
 def _ms_left(deadline):
@@ -276,7 +306,7 @@ class Delivery:
         while self._acks:
             msg = self._acks.pop(0)
             try:
-                a = jsonin.loads(msg)  # standard JSON from outside, as the agent reads it
+                a = _parse_ack(msg)
                 nonce = a["nonce"]
                 status = a["status"]
             except (ValueError, KeyError, TypeError):
