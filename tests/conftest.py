@@ -15,8 +15,9 @@ from ioconnect_host.vm import DEFAULT_HEAP, run_script
 
 RunDevice = Callable[..., list[Any]]
 
-# Real MQTT parts (mosquitto broker fixture, acker): tests/brokers.py.
-pytest_plugins = ("brokers",)
+# Real MQTT parts (mosquitto broker fixture, acker): tests/brokers.py;
+# a throwaway PostgreSQL cluster: tests/pgcluster.py.
+pytest_plugins = ("brokers", "pgcluster")
 
 # Virtual boards move bytes at their wire's speed by default (115200 baud on an
 # ESP32 DevKit: 30 s for a firmware deploy). Tests lift it, here, before any board

@@ -17,7 +17,7 @@ import pytest
 from brokers import Broker
 from ioconnect_host import w3bstream as w3b
 from ioconnect_host.relay import Relay, tasks_topic
-from ioconnect_host.relay_store import SqliteStore
+from ioconnect_host.relay_store import RelayStore, open_store
 from relayparts import (
     DEVICE,
     OTHER,
@@ -28,11 +28,11 @@ from relayparts import (
     wait_tasks,
 )
 
-# --- the store ------------------------------------------------------------------
+# --- the store (SQLite and PostgreSQL: store_spec, tests/pgcluster.py) -------------
 
 
-def test_store_admits_once_and_keeps_the_high_water_mark(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "r.db", max_queue=2)
+def test_store_admits_once_and_keeps_the_high_water_mark(store_spec: str | Path) -> None:
+    store = open_store(store_spec, max_queue=2)
     assert store.admit(DEVICE, "42", 5, b"a").kind == "queued"
     dup = store.admit(DEVICE, "42", 5, b"a")
     assert (dup.kind, dup.status) == ("duplicate", "queued")
@@ -44,20 +44,21 @@ def test_store_admits_once_and_keeps_the_high_water_mark(tmp_path: Path) -> None
     assert store.claim(limit=10, lease_s=60) == []  # leased
     store.finish(jobs[0].id, "accepted", task_id="0xaa", reason="")
     store.close()
-    again = SqliteStore(tmp_path / "r.db")  # persisted
+    again = open_store(store_spec)  # persisted
     dup = again.admit(DEVICE, "42", 5, b"a")
     assert (dup.kind, dup.status, dup.task_id) == ("duplicate", "accepted", "0xaa")
     again.count_rejection("forged_signature")
-    assert again.stats()["rejections"] == {"forged_signature": 1}
+    assert again.stats()["rejections"] == {"replayed_nonce": 1, "forged_signature": 1}
     assert again.stats()["queued"] == 1
+    again.close()
 
 
 # --- ingest verdicts ------------------------------------------------------------
 
 
 @pytest.fixture
-def relay(tmp_path: Path) -> Iterator[Relay]:
-    store = SqliteStore(tmp_path / "relay.db")
+def relay(store_spec: str | Path) -> Iterator[Relay]:
+    store: RelayStore = open_store(store_spec)
     yield Relay(store, approved=approve_device)
     store.close()
 
@@ -244,6 +245,9 @@ def test_relay_command_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path
           "--store", str(tmp_path / "r.db")], "is not http(s)://"),
         (["relay", "--broker", "mqtt://h", *common, "--approve-all", "--signed-keys", "x"],
          "is not PROJECT=key"),
+        (["relay", "--broker", "mqtt://h", "--w3bstream", "http://127.0.0.1:9",
+          "--approve-all", "--store", "postgresql://relay:secret@127.0.0.1:1/relay"],
+         "cannot open the relay store postgresql://relay@127.0.0.1:1/relay"),
         (["node", "--db", str(tmp_path), "--approve", DEVICE], "is a folder"),
         (["node", "--approve", "0x12"], "is not a 0x address"),
     ]  # fmt: skip

@@ -10,7 +10,6 @@ import argparse
 import json
 import re
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ from .paths import home
 from .relay import RelayError
 from .relay_serial import check_serial_spec
 from .relay_service import RelayOptions, RelayService
+from .relay_store import describe_store, is_postgres_url
 
 __all__ = ["add_relay_commands"]
 
@@ -118,10 +118,11 @@ def _relay(args: argparse.Namespace) -> int:
         raise RelayError("nothing to relay from: give --broker URL and/or --serial PORT")
     for spec in args.serial:
         check_serial_spec(spec)
+    store = args.store if is_postgres_url(args.store) else _db_path(Path(args.store), "relay store")
     options = RelayOptions(
         broker=args.broker,
         w3bstream=args.w3bstream,
-        store=args.store,
+        store=store,
         projects=frozenset(args.project) if args.project else None,
         signed_keys=_signed_keys(args.signed_keys),
         workers=args.workers,
@@ -133,15 +134,11 @@ def _relay(args: argparse.Namespace) -> int:
         sprout=args.sprout,
     )
     approved = _approver(args)
-    _db_path(args.store, "relay store")
-    try:
-        service = RelayService(options, approved=approved, log=log)
-    except sqlite3.Error as err:
-        raise RelayError(f"cannot open the relay store {args.store}: {err}") from None
+    service = RelayService(options, approved=approved, log=log)
     service.start()
     sources = ([args.broker] if args.broker else []) + [f"serial {p}" for p in args.serial]
     log(
-        f"relaying {', '.join(sources)} -> {args.w3bstream} (store {args.store}"
+        f"relaying {', '.join(sources)} -> {args.w3bstream} (store {describe_store(store)}"
         + (f", metrics on :{service.metrics_port}/metrics" if service.metrics_port else "")
         + ")"
     )
@@ -214,7 +211,11 @@ def add_relay_commands(sub: Sub) -> None:
     )
     relay.add_argument("--w3bstream", required=True, help="API node URL, http(s)://host[:port]")
     relay.add_argument(
-        "--store", type=Path, default=home() / "relay.sqlite3", help="the durable queue (SQLite)"
+        "--store",
+        default=str(home() / "relay.sqlite3"),
+        metavar="PATH|postgresql://…",
+        help="the durable queue: a SQLite file (one relay), or a PostgreSQL URL that "
+        "relays on several machines share",
     )
     relay.add_argument(
         "--project", action="append", default=[], help="relay only this project id (repeatable)"

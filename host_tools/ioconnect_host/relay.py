@@ -35,7 +35,7 @@ import re
 import threading
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,7 +43,7 @@ from . import sprout
 from . import w3bstream as w3b
 from .errors import IoconnectError
 from .node import Approver
-from .relay_store import Job, SqliteStore
+from .relay_store import Admission, Job, RelayStore, Submission
 
 __all__ = [
     "Forwarder",
@@ -113,7 +113,7 @@ class Relay:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: RelayStore,
         *,
         approved: Approver,
         projects: frozenset[str] | None = None,
@@ -136,11 +136,7 @@ class Relay:
 
     def ingest(self, topic: str, payload: bytes) -> Ingested:
         """Check one message and store it; see :class:`Ingested` for the outcomes."""
-        got = self._ingest(topic, payload)
-        self.counts[got.kind] += 1
-        if got.kind in ("dropped", "rejected") and got.reason:
-            self.store.count_rejection(got.reason)
-        return got
+        return self.ingest_many([(topic, payload)])[0]
 
     def signers(self, payload: bytes) -> tuple[w3b.Task, tuple[str, str]]:
         """A ``/v1/task`` body taken apart and its two candidate signers (v = 0, 1),
@@ -162,7 +158,23 @@ class Relay:
         self.store.count_rejection(reason)
         return got
 
-    def _ingest(self, topic: str, payload: bytes) -> Ingested:
+    def ingest_many(self, messages: Sequence[tuple[str, bytes]]) -> list[Ingested]:
+        """Check a batch of (topic, payload) and store what passes in ONE store
+        transaction (group commit: one disk flush for the batch). Nothing in the
+        batch may be acknowledged before this returns; one Ingested per message."""
+        checked = [self._check(topic, payload) for topic, payload in messages]
+        passed = [c for c in checked if isinstance(c, Submission)]
+        refused = [c.reason for c in checked if isinstance(c, Ingested) and c.reason]
+        admitted = iter(self.store.admit_many(passed, rejected=refused)) if checked else iter(())
+        out = []
+        for c in checked:
+            got = self._admitted(c, next(admitted)) if isinstance(c, Submission) else c
+            self.counts[got.kind] += 1
+            out.append(got)
+        return out
+
+    def _check(self, topic: str, payload: bytes) -> Ingested | Submission:
+        """Everything but the store: a verdict, or a reading fit to store."""
         m = _TOPIC.fullmatch(topic)
         if m is None:
             return Ingested("dropped", reason="bad_topic")
@@ -182,36 +194,35 @@ class Relay:
             return Ingested("dropped", reason=err.reason, device=device, project=project)
         if device not in signers:
             return Ingested("dropped", reason="forged_signature", device=device, project=project)
-
-        def refuse(reason: str) -> Ingested:
-            return Ingested(
-                "rejected",
-                reason,
-                device,
-                project,
-                nonce,
-                ack_message(nonce, "rejected", reason=reason),
-            )
-
         if task_project != project:
-            return refuse("wrong_project")
+            return _refuse(device, project, nonce, "wrong_project")
         if m.group(3) == "messages" and not self._sprout:
-            return refuse("no_sprout_endpoint")
+            return _refuse(device, project, nonce, "no_sprout_endpoint")
         if self._projects is not None and project not in self._projects:
-            return refuse("unknown_project")
+            return _refuse(device, project, nonce, "unknown_project")
         if not self._approved(project, device):
-            return refuse("not_approved")
-        adm = self.store.admit(device, project, nonce, payload)
+            return _refuse(device, project, nonce, "not_approved")
+        return Submission(device, project, nonce, payload)
+
+    @staticmethod
+    def _admitted(sub: Submission, adm: Admission) -> Ingested:
+        device, project, nonce = sub.device, sub.project, sub.nonce
         if adm.kind == "queued":
             # Stored durably: the relay owns it now, the device may let it go.
             return Ingested("stored", "", device, project, nonce, ack_message(nonce, "queued"))
         if adm.kind == "full":
             return Ingested("full", "queue_full", device, project, nonce)
         if adm.kind == "rejected":
-            return refuse(adm.reason)
+            return _refuse(device, project, nonce, adm.reason)
         # A copy of a reading we have (a lost ack, a redelivery): the same answer.
         ack = ack_message(nonce, adm.status or "queued", adm.task_id, adm.reason)
         return Ingested("duplicate", "", device, project, nonce, ack)
+
+
+def _refuse(device: str, project: str, nonce: int, reason: str) -> Ingested:
+    """Genuine but refused: the device is told why."""
+    ack = ack_message(nonce, "rejected", reason=reason)
+    return Ingested("rejected", reason, device, project, nonce, ack)
 
 
 class Forwarder:
@@ -219,7 +230,7 @@ class Forwarder:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: RelayStore,
         url: str,
         *,
         workers: int = 4,

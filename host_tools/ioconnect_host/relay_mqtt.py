@@ -1,9 +1,12 @@
 """The relay's MQTT side (paho-mqtt 2.x): subscribe, ingest, answer the device.
 
 A message is acknowledged to the broker (PUBACK, manual) only once ingest has
-stored or finally judged it; while the store is full the message is held and
-retried, and the broker's in-flight window stops the flow (backpressure rather
-than loss). MQTT 5 with a persistent session and a shared subscription
+stored or finally judged it. One ingest thread takes every message waiting
+(up to ``max_batch``) and stores them in one transaction (group commit: under
+load many readings share one disk flush; alone, a reading waits for no
+other), then sends their acks in arrival order. While the store is full the
+messages are held and retried, and the broker's in-flight window stops the
+flow (backpressure rather than loss). MQTT 5 with a persistent session and a shared subscription
 (``$share/<group>/ioconnect/+/+/tasks``) so several relays split the load and a
 restarted relay gets what was queued for it.
 
@@ -17,8 +20,8 @@ from __future__ import annotations
 
 import ssl
 import threading
-import time
 import urllib.parse
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -74,11 +77,13 @@ class MqttFront:
         log: Callable[[str], None] = print,
         mqtt_version: Literal["5", "3.1.1"] = "5",
         sprout: bool = False,
+        max_batch: int = 256,
     ) -> None:
         """Args:
         sprout: also take devices' sprout messages (their own topic).
         mqtt_version: "5" (shared subscription, session expiry) or "3.1.1" for
             brokers without MQTT 5 (one relay per broker then: no sharing).
+        max_batch: most messages stored in one transaction.
         """
         self.broker = parse_broker(broker_url)
         self._v5 = mqtt_version == "5"
@@ -87,10 +92,13 @@ class MqttFront:
         self.relay = relay
         self._group = group
         self._subscriptions = [SUBSCRIPTION] + ([SPROUT_SUBSCRIPTION] if sprout else [])
-        self._held: list[mqtt.MQTTMessage] = []  # stored nothing yet: store was full
-        self._lock = threading.Lock()
+        self._max_batch = max_batch
+        # Received, not yet acknowledged, in arrival order, each with the number of
+        # the connection it came on (a PUBACK belongs to that connection only).
+        self._pending: deque[tuple[int, mqtt.MQTTMessage]] = deque()
+        self._link = 0
+        self._more = threading.Condition()
         self._stop = threading.Event()
-        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.connected = threading.Event()
         c = mqtt.Client(
@@ -121,7 +129,7 @@ class MqttFront:
         else:
             self._client.connect_async(self.broker.host, self.broker.port, keepalive=30)
         self._client.loop_start()
-        self._thread = threading.Thread(target=self._held_loop, name="relay-held", daemon=True)
+        self._thread = threading.Thread(target=self._ingest_loop, name="relay-ingest", daemon=True)
         self._thread.start()
 
     def wait_connected(self, timeout_s: float) -> None:
@@ -132,9 +140,10 @@ class MqttFront:
     def stop(self) -> None:
         """Stop taking messages; what was not acknowledged is redelivered later."""
         self._stop.set()
-        self._wake.set()
+        with self._more:
+            self._more.notify()
         if self._thread:
-            self._thread.join(5)
+            self._thread.join(30)  # the batch being stored is finished and acknowledged
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -147,56 +156,54 @@ class MqttFront:
         for sub in self._subscriptions:
             client.subscribe(f"$share/{self._group}/{sub}" if self._v5 else sub, qos=1)
         self.connected.set()
-        self._wake.set()
 
     def _on_disconnect(self, client: mqtt.Client, *args: object) -> None:
         self.connected.clear()
+        with self._more:
+            # What came on the old link is sent again by the broker on the next one.
+            self._link += 1
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            if self._held:  # keep the order: nothing overtakes a held message
-                self._held.append(msg)
-                return
-        try:
-            handled = self._handle(msg)
-        except Exception as exc:
-            # Not acknowledged: the broker sends it again after the next reconnect.
-            self.errors += 1
-            self._log(f"ingest of a message on {msg.topic} failed: {exc!r}")
-            return
-        if not handled:
-            with self._lock:
-                self._held.append(msg)
+        with self._more:
+            self._pending.append((self._link, msg))
+            self._more.notify()
 
-    def _handle(self, msg: mqtt.MQTTMessage) -> bool:
-        got = self.relay.ingest(msg.topic, bytes(msg.payload))
-        if got.kind == "full":
-            return False
-        if got.ack is not None:
-            self._client.publish(ack_topic(got.project, got.device), got.ack, qos=1)
-        if msg.qos > 0:
-            self._client.ack(msg.mid, msg.qos)
-        return True
-
-    # -- messages held while the store was full ----------------------------------
-    def _held_loop(self) -> None:
+    # -- the ingest thread: batches in, acks out ------------------------------------
+    def _ingest_loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(0.5)
-            self._wake.clear()
+            with self._more:
+                if not self._pending:
+                    self._more.wait(0.5)
+                batch = [self._pending[i] for i in range(min(len(self._pending), self._max_batch))]
+            if not batch:
+                continue
             try:
-                self._retry_held()
+                done = self._handle(batch)
             except Exception as exc:
+                # Nothing of the batch acknowledged: it is tried again (the store may
+                # be restarting); the broker keeps it meanwhile.
                 self.errors += 1
-                self._log(f"storing a held message failed: {exc!r}")
+                self._log(f"ingest of {len(batch)} message(s) failed: {exc!r}")
+                self._stop.wait(1.0)
+                continue
+            with self._more:
+                for _ in range(done):
+                    self._pending.popleft()
+            if done < len(batch):
+                self._stop.wait(0.05)  # the store is full: wait for the forwarder
 
-    def _retry_held(self) -> None:
-        while True:
-            with self._lock:
-                if not self._held:
-                    return
-                msg = self._held[0]
-            if not self._handle(msg):
-                time.sleep(0.05)
-                return
-            with self._lock:
-                self._held.pop(0)
+    def _handle(self, batch: list[tuple[int, mqtt.MQTTMessage]]) -> int:
+        """Ingest a batch; acknowledge in order up to the first one the full store
+        could not take. Returns how many are done."""
+        got = self.relay.ingest_many([(m.topic, bytes(m.payload)) for _, m in batch])
+        with self._more:
+            link = self._link
+        for n, ((came_on, msg), ingested) in enumerate(zip(batch, got, strict=True)):
+            if ingested.kind == "full":
+                return n
+            if ingested.ack is not None:
+                topic = ack_topic(ingested.project, ingested.device)
+                self._client.publish(topic, ingested.ack, qos=1)
+            if msg.qos > 0 and came_on == link:
+                self._client.ack(msg.mid, msg.qos)
+        return len(batch)

@@ -28,7 +28,7 @@ from .node import Approver
 from .relay import Forwarder, Relay
 from .relay_mqtt import MqttFront
 from .relay_serial import SerialFront
-from .relay_store import SqliteStore
+from .relay_store import open_store
 
 __all__ = ["RelayOptions", "RelayService", "prometheus_text"]
 
@@ -39,7 +39,7 @@ class RelayOptions:
 
     broker: str | None  # None: serial ports only
     w3bstream: str
-    store: Path
+    store: Path | str  # a SQLite file, or a postgresql:// URL
     projects: frozenset[str] | None = None
     signed_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
     workers: int = 4
@@ -59,7 +59,7 @@ class RelayService:
         self, options: RelayOptions, *, approved: Approver, log: Callable[[str], None] = print
     ) -> None:
         self.options = options
-        self.store = SqliteStore(options.store, max_queue=options.max_queue)
+        self.store = open_store(options.store, max_queue=options.max_queue)
         self.relay = Relay(
             self.store,
             approved=approved,

@@ -7,7 +7,12 @@ reading is kept once per (device, project, nonce): a second copy (QoS 1
 redelivery, a device retrying after a lost ack) finds the first and gets its
 status, so nothing is forwarded twice.
 
-SQLite in WAL mode is the embedded store; every method is one transaction.
+Two stores with one interface (:class:`RelayStore`): SQLite in WAL mode, the
+embedded default, and PostgreSQL (:mod:`.relay_store_pg`) for relays on several
+machines sharing one state. :func:`open_store` picks one from ``--store``.
+Every method is one transaction; ``admit_many`` admits a batch in one
+transaction (group commit: one disk flush for many readings, and the caller
+acknowledges none of them before it returns).
 
 Example:
     >>> store = SqliteStore(Path("relay.db"))
@@ -23,12 +28,27 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
-__all__ = ["Admission", "Job", "SqliteStore", "Status"]
+from .errors import IoconnectError
+
+__all__ = [
+    "Admission",
+    "Job",
+    "RelayStore",
+    "RelayStoreError",
+    "SqliteStore",
+    "Status",
+    "Submission",
+    "describe_store",
+    "is_postgres_url",
+    "open_store",
+]
 
 Status = Literal["queued", "accepted", "rejected"]
 
@@ -76,6 +96,16 @@ class Admission:
 
 
 @dataclass(frozen=True)
+class Submission:
+    """A verified reading offered to ``admit_many``."""
+
+    device: str
+    project: str
+    nonce: int
+    body: bytes
+
+
+@dataclass(frozen=True)
 class Job:
     """A queued reading to forward."""
 
@@ -85,6 +115,86 @@ class Job:
     nonce: int
     body: bytes
     attempts: int
+
+
+class RelayStore(Protocol):
+    """What the relay needs from its store; SQLite and PostgreSQL both provide it.
+
+    The admission rules, the same in both: a reading is kept once per
+    (device, project, nonce); a copy gets the first one's status; a nonce at or
+    below the device's high-water mark is refused (``replayed_nonce``), as is a
+    used nonce with another body (``nonce_reused``); a full queue stores nothing.
+    Admission is atomic per device, even between relays sharing the store.
+    """
+
+    def admit(self, device: str, project: str, nonce: int, body: bytes) -> Admission:
+        """One reading, in its own transaction; see :meth:`admit_many`."""
+        ...
+
+    def admit_many(
+        self, items: Sequence[Submission], *, rejected: Iterable[str] = ()
+    ) -> list[Admission]:
+        """Admit a batch in ONE transaction (group commit), in order, one Admission
+        each; also count ``rejected`` (reasons of messages refused before the store)
+        and the store's own refusals. Nothing is durable until it returns."""
+        ...
+
+    def count_rejection(self, reason: str) -> None:
+        """Count a message refused before it could be stored (bad signature, ...)."""
+        ...
+
+    def claim(self, *, limit: int, lease_s: float) -> list[Job]:
+        """Up to ``limit`` queued readings due now, leased for ``lease_s`` seconds."""
+        ...
+
+    def retry_later(self, job_id: int, *, delay_s: float, error: str) -> None:
+        """A forward failed for a reason that may pass: try again after ``delay_s``."""
+        ...
+
+    def finish(self, job_id: int, status: Status, *, task_id: str, reason: str) -> None:
+        """Record a final status (accepted, or rejected: a dead letter)."""
+        ...
+
+    def stats(self) -> dict[str, object]:
+        """Counts by status (queued, accepted, dead_letters) and rejections by reason."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def is_postgres_url(spec: str | Path) -> bool:
+    """``postgresql://…`` or ``postgres://…`` (libpq's URI schemes)."""
+    return isinstance(spec, str) and spec.startswith(("postgresql://", "postgres://"))
+
+
+def describe_store(spec: str | Path) -> str:
+    """The store for logs and messages: a PostgreSQL URL loses its password."""
+    if not is_postgres_url(spec):
+        return str(spec)
+    p = urllib.parse.urlsplit(str(spec))
+    netloc = p.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return f"{p.scheme}://{user + '@' if user else ''}{netloc[2]}{p.path}"
+
+
+def open_store(spec: str | Path, *, max_queue: int = 100_000) -> RelayStore:
+    """The store ``--store`` names: a PostgreSQL URL, or the path of a SQLite file.
+
+    Raises:
+        RelayStoreError: the database cannot be opened or set up.
+    """
+    if is_postgres_url(spec):
+        from .relay_store_pg import PgStore  # psycopg loads only when asked for
+
+        return PgStore(str(spec), max_queue=max_queue)
+    try:
+        return SqliteStore(Path(spec), max_queue=max_queue)
+    except sqlite3.Error as err:
+        raise RelayStoreError(f"cannot open the relay store {spec}: {err}") from None
+
+
+class RelayStoreError(IoconnectError):
+    """The relay store cannot be opened or reached."""
 
 
 class SqliteStore:
@@ -118,46 +228,67 @@ class SqliteStore:
 
     def admit(self, device: str, project: str, nonce: int, body: bytes) -> Admission:
         """Store a verified reading unless seen, replayed, reordered or the queue is full."""
+        return self.admit_many([Submission(device, project, nonce, body)])[0]
+
+    def admit_many(
+        self, items: Sequence[Submission], *, rejected: Iterable[str] = ()
+    ) -> list[Admission]:
+        """Admit a batch in one transaction; see :class:`RelayStore`."""
+        reasons = Counter(rejected)
+        out: list[Admission] = []
         with self._tx() as db:
-            row = db.execute(
-                "SELECT status, task_id, reason, body FROM messages "
-                "WHERE device=? AND project=? AND nonce=?",
-                (device, project, nonce),
-            ).fetchone()
-            if row is not None:
-                if bytes(row[3]) != body:  # signed by the device, yet another reading
-                    return Admission("rejected", status="rejected", reason="nonce_reused")
-                return Admission("duplicate", status=row[0], task_id=row[1], reason=row[2])
-            hw = db.execute(
-                "SELECT nonce FROM high_water WHERE device=? AND project=?", (device, project)
-            ).fetchone()
-            if hw is not None and nonce <= hw[0]:
-                return Admission("rejected", status="rejected", reason="replayed_nonce")
-            depth = db.execute("SELECT COUNT(*) FROM messages WHERE status='queued'").fetchone()
-            if depth[0] >= self._max_queue:
-                return Admission("full", reason="queue full")
-            db.execute(
-                "INSERT INTO messages (device, project, nonce, body, received) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (device, project, nonce, body, time.time()),
-            )
-            db.execute(
-                "INSERT INTO high_water VALUES (?, ?, ?) "
-                "ON CONFLICT (device, project) DO UPDATE SET nonce=excluded.nonce",
-                (device, project, nonce),
-            )
-            return Admission("queued", status="queued")
+            # Counted once a batch: the bound is a backstop, not an exact figure.
+            depth = db.execute("SELECT COUNT(*) FROM messages WHERE status='queued'").fetchone()[0]
+            for item in items:
+                adm = self._admit_one(db, item, depth)
+                if adm.kind == "queued":
+                    depth += 1
+                elif adm.kind == "rejected":
+                    reasons[adm.reason] += 1
+                out.append(adm)
+            for reason, n in sorted(reasons.items()):
+                self._count(reason, n)
+        return out
+
+    def _admit_one(self, db: sqlite3.Connection, item: Submission, depth: int) -> Admission:
+        device, project, nonce, body = item.device, item.project, item.nonce, item.body
+        row = db.execute(
+            "SELECT status, task_id, reason, body FROM messages "
+            "WHERE device=? AND project=? AND nonce=?",
+            (device, project, nonce),
+        ).fetchone()
+        if row is not None:
+            if bytes(row[3]) != body:  # signed by the device, yet another reading
+                return Admission("rejected", status="rejected", reason="nonce_reused")
+            return Admission("duplicate", status=row[0], task_id=row[1], reason=row[2])
+        hw = db.execute(
+            "SELECT nonce FROM high_water WHERE device=? AND project=?", (device, project)
+        ).fetchone()
+        if hw is not None and nonce <= hw[0]:
+            return Admission("rejected", status="rejected", reason="replayed_nonce")
+        if depth >= self._max_queue:
+            return Admission("full", reason="queue full")
+        db.execute(
+            "INSERT INTO messages (device, project, nonce, body, received) VALUES (?, ?, ?, ?, ?)",
+            (device, project, nonce, body, time.time()),
+        )
+        db.execute(
+            "INSERT INTO high_water VALUES (?, ?, ?) "
+            "ON CONFLICT (device, project) DO UPDATE SET nonce=excluded.nonce",
+            (device, project, nonce),
+        )
+        return Admission("queued", status="queued")
 
     def count_rejection(self, reason: str) -> None:
         """Count a message refused before it could be stored (bad signature, ...)."""
         with self._tx():
             self._count(reason)
 
-    def _count(self, reason: str) -> None:
+    def _count(self, reason: str, n: int = 1) -> None:
         self._db.execute(
-            "INSERT INTO rejections VALUES (?, 1) "
-            "ON CONFLICT (reason) DO UPDATE SET count = count + 1",
-            (reason,),
+            "INSERT INTO rejections VALUES (?, ?) "
+            "ON CONFLICT (reason) DO UPDATE SET count = count + excluded.count",
+            (reason, n),
         )
 
     def claim(self, *, limit: int, lease_s: float) -> list[Job]:
