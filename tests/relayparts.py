@@ -50,22 +50,25 @@ def approve_device(project: str, address: str) -> bool:
 
 @dataclass
 class FakeDeviceLink:
-    """The device's MQTT side, played by paho: publishes signed bodies, collects acks."""
+    """The device's MQTT side, played by paho: publishes signed bodies, collects acks.
+    ``key``: whose device (the address, topics and client id follow from it)."""
 
     port: int
+    key: coincurve.PrivateKey = KEY
     acks: dict[int, dict[str, Any]] = field(default_factory=dict)
     ack_count: int = 0
     sent: dict[int, bytes] = field(default_factory=dict)
     resent: int = 0
 
     def __post_init__(self) -> None:
+        self.address = w3b.address_of(self.key.public_key.format())
         self.lock = threading.Lock()
         self.ready = threading.Event()
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=DEVICE, clean_session=False
+            mqtt.CallbackAPIVersion.VERSION2, client_id=self.address, clean_session=False
         )
         self.client.on_connect = lambda c, *a: (
-            c.subscribe(ack_topic("42", DEVICE), 1),
+            c.subscribe(ack_topic("42", self.address), 1),
             self.ready.set(),
         )
         self.client.on_message = self._ack
@@ -85,7 +88,7 @@ class FakeDeviceLink:
         deadline = time.monotonic() + 15
         while not self.client.is_connected() and time.monotonic() < deadline:
             time.sleep(0.05)
-        self.client.publish(tasks_topic("42", DEVICE), payload, qos=1).wait_for_publish(10)
+        self.client.publish(tasks_topic("42", self.address), payload, qos=1).wait_for_publish(10)
 
     def send(self, payload: bytes, timeout_s: float = 30) -> dict[str, Any]:
         """Publish one reading and wait for its ack, as the firmware does (window 1:
