@@ -210,6 +210,18 @@ def test_forged_and_high_s_signatures() -> None:
     with pytest.raises(w3b.TaskError) as err:
         w3b.recover_signers(high)
     assert err.value.reason == "high_s"
+    # signed_by (the relay's: it knows whom to expect) says the same, v 0 or 1.
+    v0, v1 = w3b.recover_signers(forged)
+    assert (w3b.signed_by(good, ADDRESS), w3b.signed_by(forged, ADDRESS)) == (True, False)
+    assert w3b.signed_by(forged, v0) and w3b.signed_by(forged, v1)
+    with pytest.raises(w3b.TaskError) as err:
+        w3b.signed_by(high, ADDRESS)
+    assert err.value.reason == "high_s"
+    nothing = w3b.parse_task(_body(1, "42", payload, bytes(64)))  # r = 0: no key recovers
+    for check in (w3b.recover_signers, lambda t: w3b.signed_by(t, ADDRESS)):
+        with pytest.raises(w3b.TaskError) as err:
+            check(nothing)
+        assert err.value.reason == "bad_signature"
 
 
 @pytest.mark.parametrize(
@@ -244,3 +256,30 @@ def test_bad_requests_get_their_reason(body: bytes, reason: str, words: str) -> 
 def test_body_is_kept_byte_for_byte(tmp_path: Path) -> None:
     body = _body(9, "42", b'{ "t" : 1 }', _sign(b"x"))
     assert w3b.parse_task(body).body is body
+
+
+def _slow_compact(raw: bytes) -> bytes | None:
+    scan = w3b._Scan(raw)
+    try:
+        end = scan._ws(scan.value(0, 0))
+    except ValueError:
+        return None
+    return bytes(scan.out) if end == len(raw) else None
+
+
+@given(st.lists(ANY_BYTES | st.builds(lambda v: b'{"v":' + v + b"}", ANY_BYTES), max_size=50))
+@settings(max_examples=300, deadline=None)
+def test_fast_paths_agree_with_the_full_scanner(batch: list[bytes]) -> None:
+    """The C json fast paths (compact ASCII text, members of an ASCII object) give
+    what the Go-grammar scanner gives, or step aside (None)."""
+    for raw in batch:
+        fast = w3b._fast_compact(raw)
+        if fast is not None:
+            assert fast == _slow_compact(raw), raw
+        members = w3b._fast_members(raw)
+        if members is not None:
+            assert _slow_compact(raw) is not None, raw  # taken only if Go would take it
+            assert w3b._scanned_members(raw) == members, raw
+    for raw in (b'{"nonce":1,"payload":{"t":1}}', b"[1,2]", b'{"a":"<"}'):
+        assert (w3b._fast_compact(raw) is not None) == (b"<" not in raw)
+    assert w3b._fast_members(b'{"a":NaN}') is None and w3b._fast_compact(b"[Infinity]") is None

@@ -183,16 +183,16 @@ class Relay:
             if m.group(3) == "messages":
                 # Sprout: one signer (v is in the signature); the nonce is in the data.
                 msg = sprout.parse_message(payload)
-                signers: tuple[str, ...] = (sprout.signer(msg),)
+                genuine = sprout.signer(msg) == device
                 task_project, nonce = str(msg.project_id), sprout.data_nonce(msg)
             else:
                 task = w3b.parse_task(payload)
                 keys = self._signed_keys.get(task.project_id, ())
-                signers = w3b.recover_signers(task, w3b.task_digest(task, keys))
+                genuine = w3b.signed_by(task, device, w3b.task_digest(task, keys))
                 task_project, nonce = task.project_id, task.nonce
         except w3b.TaskError as err:
             return Ingested("dropped", reason=err.reason, device=device, project=project)
-        if device not in signers:
+        if not genuine:
             return Ingested("dropped", reason="forged_signature", device=device, project=project)
         if task_project != project:
             return _refuse(device, project, nonce, "wrong_project")

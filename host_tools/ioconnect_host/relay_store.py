@@ -252,20 +252,22 @@ class SqliteStore:
 
     def _admit_one(self, db: sqlite3.Connection, item: Submission, depth: int) -> Admission:
         device, project, nonce, body = item.device, item.project, item.nonce, item.body
-        row = db.execute(
-            "SELECT status, task_id, reason, body FROM messages "
-            "WHERE device=? AND project=? AND nonce=?",
-            (device, project, nonce),
-        ).fetchone()
-        if row is not None:
-            if bytes(row[3]) != body:  # signed by the device, yet another reading
-                return Admission("rejected", status="rejected", reason="nonce_reused")
-            return Admission("duplicate", status=row[0], task_id=row[1], reason=row[2])
         hw = db.execute(
             "SELECT nonce FROM high_water WHERE device=? AND project=?", (device, project)
         ).fetchone()
+        # Above the mark: new (the mark rises with every reading stored). At or
+        # below it: a copy of a stored reading, or a replay.
         if hw is not None and nonce <= hw[0]:
-            return Admission("rejected", status="rejected", reason="replayed_nonce")
+            row = db.execute(
+                "SELECT status, task_id, reason, body FROM messages "
+                "WHERE device=? AND project=? AND nonce=?",
+                (device, project, nonce),
+            ).fetchone()
+            if row is None:
+                return Admission("rejected", status="rejected", reason="replayed_nonce")
+            if bytes(row[3]) != body:  # signed by the device, yet another reading
+                return Admission("rejected", status="rejected", reason="nonce_reused")
+            return Admission("duplicate", status=row[0], task_id=row[1], reason=row[2])
         if depth >= self._max_queue:
             return Admission("full", reason="queue full")
         db.execute(

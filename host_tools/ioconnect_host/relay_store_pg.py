@@ -90,23 +90,29 @@ BEGIN
     -- Counted once a batch: the bound is a backstop, not an exact figure.
     SELECT count(*) INTO depth FROM relay_messages m WHERE m.status = 'queued';
     FOR i IN 1 .. coalesce(array_length(devices, 1), 0) LOOP
-        INSERT INTO relay_high_water AS h (device, project, nonce)
-            VALUES (devices[i], projects[i], 0) ON CONFLICT DO NOTHING;
         -- The device's lock: every admission of this device waits here.
         SELECT h.nonce INTO hw FROM relay_high_water h
             WHERE h.device = devices[i] AND h.project = projects[i] FOR UPDATE;
-        SELECT m.status, m.task_id, m.reason, m.body INTO seen FROM relay_messages m
-            WHERE m.device = devices[i] AND m.project = projects[i] AND m.nonce = nonces[i];
+        IF NOT FOUND THEN  -- a new device (perhaps arriving at two relays at once)
+            INSERT INTO relay_high_water (device, project, nonce)
+                VALUES (devices[i], projects[i], 0) ON CONFLICT DO NOTHING;
+            SELECT h.nonce INTO hw FROM relay_high_water h
+                WHERE h.device = devices[i] AND h.project = projects[i] FOR UPDATE;
+        END IF;
         o_task_id := ''; o_reason := '';
-        IF FOUND THEN
-            IF seen.body <> bodies[i] THEN
+        -- Above the mark: new (the mark rises with every reading stored). At or
+        -- below it: a copy of a stored reading, or a replay.
+        IF nonces[i] <= hw THEN
+            SELECT m.status, m.task_id, m.reason, m.body INTO seen FROM relay_messages m
+                WHERE m.device = devices[i] AND m.project = projects[i] AND m.nonce = nonces[i];
+            IF NOT FOUND THEN
+                o_kind := 'rejected'; o_status := 'rejected'; o_reason := 'replayed_nonce';
+            ELSIF seen.body <> bodies[i] THEN
                 o_kind := 'rejected'; o_status := 'rejected'; o_reason := 'nonce_reused';
             ELSE
                 o_kind := 'duplicate'; o_status := seen.status;
                 o_task_id := seen.task_id; o_reason := seen.reason;
             END IF;
-        ELSIF nonces[i] <= hw THEN
-            o_kind := 'rejected'; o_status := 'rejected'; o_reason := 'replayed_nonce';
         ELSIF depth >= max_queue THEN
             o_kind := 'full'; o_status := NULL; o_reason := 'queue full';
         ELSE

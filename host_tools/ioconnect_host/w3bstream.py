@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import struct
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ __all__ = [
     "keccak256",
     "parse_task",
     "recover_signers",
+    "signed_by",
     "signed_bytes",
     "task_digest",
     "task_id",
@@ -65,8 +67,11 @@ def keccak256(data: bytes) -> bytes:
 
 def address_of(public_key: bytes) -> str:
     """``0x`` address (lowercase) of a secp256k1 public key (33 or 65 bytes)."""
-    pub = coincurve.PublicKey(public_key).format(compressed=False)
-    return "0x" + keccak256(pub[1:])[-20:].hex()
+    return _address(coincurve.PublicKey(public_key).format(compressed=False))
+
+
+def _address(uncompressed: bytes) -> str:
+    return "0x" + keccak256(uncompressed[1:])[-20:].hex()
 
 
 # --- Go's JSON grammar (json.Valid) and json.Marshal(RawMessage) ------------------
@@ -151,6 +156,76 @@ class _Scan:
         raise ValueError(f"invalid character {chr(c)!r} at offset {i}")
 
 
+# --- fast paths: Python's C JSON scanner where it agrees with Go's grammar ---------
+#
+# On ASCII text with NaN/Infinity refused, every value Python's json scanner
+# takes is one Go's json.Valid takes (same number, string, escape and blank
+# rules; Python's recursion limit, below Go's depth 10000, only refuses more).
+# So a text it takes needs no pass of the (slow, pure Python) _Scan; anything
+# else, and every error message, goes to _Scan.
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+_VALUE = json.JSONDecoder(parse_constant=_no_constant).raw_decode
+_NOT_COMPACT = re.compile(rb"[ \t\n\r<>&]")  # in ASCII text, the only bytes Go compacts
+
+
+def _fast_value_end(text: str, i: int) -> int | None:
+    """End of the valid JSON value at ``text[i]`` (no blank before it), or None."""
+    try:
+        return int(_VALUE(text, i)[1])
+    except (ValueError, RecursionError):
+        return None
+
+
+def _fast_compact(raw: bytes) -> bytes | None:
+    if not raw.isascii() or _NOT_COMPACT.search(raw):
+        return None
+    return raw if _fast_value_end(raw.decode("ascii"), 0) == len(raw) else None
+
+
+def _skip_blanks(raw: bytes, i: int) -> int:
+    m = _WS.match(raw, i)
+    return m.end() if m else i
+
+
+def _fast_members(body: bytes) -> list[tuple[str, bytes]] | None:
+    """The members of an ASCII JSON object body, validated; None: ask _Scan."""
+    if not body.isascii():
+        return None
+    text = body.decode("ascii")
+    out: list[tuple[str, bytes]] = []
+    i = _skip_blanks(body, 0)
+    if body[i : i + 1] != b"{":
+        return None
+    i = _skip_blanks(body, i + 1)
+    if body[i : i + 1] == b"}":
+        return out if _skip_blanks(body, i + 1) == len(body) else None
+    while True:
+        key = _STRING.match(body, i)
+        if key is None:
+            return None
+        i = _skip_blanks(body, key.end())
+        if body[i : i + 1] != b":":
+            return None
+        i = _skip_blanks(body, i + 1)
+        end = _fast_value_end(text, i)
+        if end is None:
+            return None
+        name = key.group()
+        out.append((json.loads(name) if b"\\" in name else name[1:-1].decode(), body[i:end]))
+        i = _skip_blanks(body, end)
+        sep = body[i : i + 1]
+        if sep == b"}":
+            return out if _skip_blanks(body, i + 1) == len(body) else None
+        if sep != b",":
+            return None
+        i = _skip_blanks(body, i + 1)
+
+
 def go_compact(raw: bytes) -> bytes:
     """Go's ``json.Marshal(json.RawMessage(raw))``: blanks outside strings removed,
     ``<>&`` and U+2028/2029 escaped, everything else kept byte for byte.
@@ -158,6 +233,9 @@ def go_compact(raw: bytes) -> bytes:
     Raises:
         ValueError: ``raw`` is not valid JSON by Go's grammar (json.Valid).
     """
+    fast = _fast_compact(raw)  # a device's compact ASCII JSON: already Go's form
+    if fast is not None:
+        return fast
     scan = _Scan(raw)
     end = scan._ws(scan.value(0, 0))
     if end != len(raw):
@@ -216,6 +294,11 @@ class Task:
 
 def _members(body: bytes) -> list[tuple[str, bytes]]:
     """Top-level ``(key, raw value)`` pairs of a JSON object body, in order."""
+    fast = _fast_members(body)
+    return fast if fast is not None else _scanned_members(body)
+
+
+def _scanned_members(body: bytes) -> list[tuple[str, bytes]]:
     import json
 
     scan = _Scan(body)
@@ -374,22 +457,42 @@ def recover_signers(task: Task, digest: bytes | None = None) -> tuple[str, str]:
         TaskError: ``high_s`` (our devices sign low-S only) or ``bad_signature``.
     """
     digest = task_digest(task) if digest is None else digest
-    s = int.from_bytes(task.signature[32:], "big")
-    if s > _SECP256K1_HALF_N:
-        raise TaskError("high_s", "signature is high-S (devices sign low-S)")
-    found: list[str] = []
-    for v in (0, 1):
-        try:
-            pub = coincurve.PublicKey.from_signature_and_message(
-                task.signature + bytes([v]), digest, hasher=None
-            )
-        except ValueError:
-            found.append("")
-            continue
-        found.append(address_of(pub.format(compressed=False)))
+    found = [_recover(task, digest, v) for v in (0, 1)]
     if not any(found):
         raise TaskError("bad_signature", "no public key recovers from the signature")
     return found[0], found[1]
+
+
+def signed_by(task: Task, address: str, digest: bytes | None = None) -> bool:
+    """Whether ``address`` is one of :func:`recover_signers` (it stops at the first
+    match: half the recoveries on average, for the relay, which knows the sender).
+
+    Raises:
+        TaskError: as :func:`recover_signers`.
+    """
+    digest = task_digest(task) if digest is None else digest
+    recovered = False
+    for v in (0, 1):
+        found = _recover(task, digest, v)
+        if found == address:
+            return True
+        recovered = recovered or bool(found)
+    if not recovered:
+        raise TaskError("bad_signature", "no public key recovers from the signature")
+    return False
+
+
+def _recover(task: Task, digest: bytes, v: int) -> str:
+    """The address recovery with ``v`` gives, or "" when none does."""
+    if int.from_bytes(task.signature[32:], "big") > _SECP256K1_HALF_N:
+        raise TaskError("high_s", "signature is high-S (devices sign low-S)")
+    try:
+        pub = coincurve.PublicKey.from_signature_and_message(
+            task.signature + bytes([v]), digest, hasher=None
+        )
+    except ValueError:
+        return ""
+    return _address(pub.format(compressed=False))
 
 
 def task_id(task: Task) -> str:
