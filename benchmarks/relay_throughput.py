@@ -189,11 +189,13 @@ def main() -> None:
     finally:
         if cluster is not None:
             cluster.stop()
-    ceiling = out["recovery_ceiling"]
-    out["vs_recovery_ceiling"] = {
-        f"{kind}_{basis}": round(out[kind]["group_commit"][basis] / ceiling[basis], 3)
-        for kind in ("sqlite", "postgresql")
-        for basis in ("per_s", "per_cpu_s")
+    # Per CPU second (one core's work); the wall figures follow the machine's load.
+    ceiling = out["recovery_ceiling"]["per_cpu_s"]
+    pg = out["postgresql"]["group_commit"]
+    out["per_cpu_s_vs_recovery_ceiling"] = {
+        "sqlite": round(out["sqlite"]["group_commit"]["per_cpu_s"] / ceiling, 3),
+        "postgresql": round(pg["per_cpu_s"] / ceiling, 3),
+        "postgresql_with_server": round(pg["per_cpu_s_with_server"] / ceiling, 3),
     }
     out["aim_per_s"] = 5000
     print(json.dumps(out, indent=2))

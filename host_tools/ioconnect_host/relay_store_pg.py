@@ -3,8 +3,8 @@
 The same rules as :class:`~.relay_store.SqliteStore` (see :class:`RelayStore`),
 made safe between relay processes by PostgreSQL itself:
 
-- Admission locks the device's high-water row (``SELECT … FOR UPDATE``) before
-  it looks for the reading, so two relays given the same (device, nonce) at
+- Admission raises the device's high-water mark with an ``UPDATE`` that locks
+  its row until the commit, so two relays given the same (device, nonce) at
   once are serialised: one stores it, the other finds it (``duplicate``); a
   lower nonce after a higher one is refused. A batch takes its row locks in one
   order, (device, project), so two relays' batches cannot deadlock.
@@ -77,51 +77,60 @@ CREATE OR REPLACE FUNCTION relay_now() RETURNS DOUBLE PRECISION
 LANGUAGE sql STABLE AS $$ SELECT extract(epoch FROM clock_timestamp())::double precision $$;
 
 -- One batch, in the order given: one row out per reading in.
--- Nonces start at 1, so a device without a row has high-water mark 0.
+-- A reading above its device's high-water mark raises the mark and is stored.
+-- The UPDATE locks the device's row until the commit: another relay admitting
+-- for this device waits there, then sees the new mark (READ COMMITTED re-checks
+-- the row), so of two relays with one reading one stores it, the other finds it.
+-- Otherwise (at or below the mark, or a full queue) the reading is looked up.
 CREATE OR REPLACE FUNCTION relay_admit(
     devices TEXT[], projects TEXT[], nonces NUMERIC[], bodies BYTEA[], max_queue BIGINT
 ) RETURNS TABLE (o_kind TEXT, o_status TEXT, o_task_id TEXT, o_reason TEXT)
 LANGUAGE plpgsql AS $$
 DECLARE
-    hw NUMERIC;
     depth BIGINT;
+    raised BOOLEAN;
     seen RECORD;
 BEGIN
     -- Counted once a batch: the bound is a backstop, not an exact figure.
     SELECT count(*) INTO depth FROM relay_messages m WHERE m.status = 'queued';
     FOR i IN 1 .. coalesce(array_length(devices, 1), 0) LOOP
-        -- The device's lock: every admission of this device waits here.
-        SELECT h.nonce INTO hw FROM relay_high_water h
-            WHERE h.device = devices[i] AND h.project = projects[i] FOR UPDATE;
-        IF NOT FOUND THEN  -- a new device (perhaps arriving at two relays at once)
-            INSERT INTO relay_high_water (device, project, nonce)
-                VALUES (devices[i], projects[i], 0) ON CONFLICT DO NOTHING;
-            SELECT h.nonce INTO hw FROM relay_high_water h
-                WHERE h.device = devices[i] AND h.project = projects[i] FOR UPDATE;
-        END IF;
-        o_task_id := ''; o_reason := '';
-        -- Above the mark: new (the mark rises with every reading stored). At or
-        -- below it: a copy of a stored reading, or a replay.
-        IF nonces[i] <= hw THEN
-            SELECT m.status, m.task_id, m.reason, m.body INTO seen FROM relay_messages m
-                WHERE m.device = devices[i] AND m.project = projects[i] AND m.nonce = nonces[i];
-            IF NOT FOUND THEN
-                o_kind := 'rejected'; o_status := 'rejected'; o_reason := 'replayed_nonce';
-            ELSIF seen.body <> bodies[i] THEN
-                o_kind := 'rejected'; o_status := 'rejected'; o_reason := 'nonce_reused';
-            ELSE
-                o_kind := 'duplicate'; o_status := seen.status;
-                o_task_id := seen.task_id; o_reason := seen.reason;
+        o_task_id := ''; o_reason := ''; raised := FALSE;
+        IF depth < max_queue THEN
+            UPDATE relay_high_water h SET nonce = nonces[i]
+                WHERE h.device = devices[i] AND h.project = projects[i] AND h.nonce < nonces[i];
+            raised := FOUND;
+            IF NOT raised THEN  -- no row yet, or a mark at or above this nonce
+                INSERT INTO relay_high_water (device, project, nonce)
+                    VALUES (devices[i], projects[i], nonces[i]) ON CONFLICT DO NOTHING;
+                raised := FOUND;
+                IF NOT raised THEN  -- the row is there (maybe just made by another relay)
+                    UPDATE relay_high_water h SET nonce = nonces[i]
+                        WHERE h.device = devices[i] AND h.project = projects[i]
+                        AND h.nonce < nonces[i];
+                    raised := FOUND;
+                END IF;
             END IF;
-        ELSIF depth >= max_queue THEN
-            o_kind := 'full'; o_status := NULL; o_reason := 'queue full';
-        ELSE
+        END IF;
+        IF raised THEN
             INSERT INTO relay_messages (device, project, nonce, body, received)
                 VALUES (devices[i], projects[i], nonces[i], bodies[i], relay_now());
-            UPDATE relay_high_water h SET nonce = nonces[i]
-                WHERE h.device = devices[i] AND h.project = projects[i];
             depth := depth + 1;
             o_kind := 'queued'; o_status := 'queued';
+        ELSE
+            SELECT m.status, m.task_id, m.reason, m.body INTO seen FROM relay_messages m
+                WHERE m.device = devices[i] AND m.project = projects[i] AND m.nonce = nonces[i];
+            IF FOUND AND seen.body <> bodies[i] THEN
+                o_kind := 'rejected'; o_status := 'rejected'; o_reason := 'nonce_reused';
+            ELSIF FOUND THEN
+                o_kind := 'duplicate'; o_status := seen.status;
+                o_task_id := seen.task_id; o_reason := seen.reason;
+            ELSIF depth >= max_queue AND NOT EXISTS (
+                SELECT 1 FROM relay_high_water h WHERE h.device = devices[i]
+                    AND h.project = projects[i] AND h.nonce >= nonces[i]) THEN
+                o_kind := 'full'; o_status := NULL; o_reason := 'queue full';
+            ELSE
+                o_kind := 'rejected'; o_status := 'rejected'; o_reason := 'replayed_nonce';
+            END IF;
         END IF;
         RETURN NEXT;
     END LOOP;

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -70,6 +71,9 @@ def address_of(public_key: bytes) -> str:
     return _address(coincurve.PublicKey(public_key).format(compressed=False))
 
 
+# A relay sees the same few thousand keys again and again: keep their addresses
+# (a keccak256 each) rather than hash every reading's recovered key anew.
+@functools.lru_cache(maxsize=16384)
 def _address(uncompressed: bytes) -> str:
     return "0x" + keccak256(uncompressed[1:])[-20:].hex()
 
