@@ -60,7 +60,10 @@ class PgCluster:
                   "-w", "-t", "60", "start")  # fmt: skip
 
     def _run(self, *cmd: str) -> None:
-        done = subprocess.run([*self._as, *cmd], capture_output=True, text=True, check=False)
+        # cwd: the postgres user may not enter the caller's folder (a clone under /root).
+        done = subprocess.run(
+            [*self._as, *cmd], capture_output=True, text=True, check=False, cwd=self.folder
+        )
         if done.returncode != 0:
             log = self.log.read_text() if self.log.exists() else ""
             raise RuntimeError(f"{cmd[0]} failed: {done.stderr or done.stdout}\n{log[-2000:]}")
@@ -80,6 +83,7 @@ class PgCluster:
             [*self._as, self._pg_ctl, "-D", str(self.data), "-m", "immediate", "stop"],
             capture_output=True,
             check=False,
+            cwd=self.folder,
         )
         shutil.rmtree(self.folder, ignore_errors=True)
 
