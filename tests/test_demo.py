@@ -36,7 +36,11 @@ def test_every_signed_reading_is_accepted_once(broker: str, tmp_path: Path) -> N
                 task = w3b.parse_task(bytes(body))
                 assert view.address in w3b.recover_signers(task)
                 nonces.append(nonce)
-            assert len(nonces) == len(set(nonces)) == len(view.accepted)
+            # Each once; every reading the demo saw accepted is there. A reading
+            # signed after the stop may still reach the node while the demo shuts
+            # down (the relay drains what it stored), after the demo's last look.
+            assert len(nonces) == len(set(nonces))
+            assert set(view.accepted) <= set(nonces)
 
 
 def test_summary_fails_when_a_signed_reading_is_missing() -> None:
