@@ -52,12 +52,11 @@ class PgCluster:
         self.port = free_port()
         self._run(initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres",
                   "-E", "UTF8", "--no-sync")  # fmt: skip
-        options = (
+        self._options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} "
             f"-c max_connections=200 -c fsync={'on' if fsync else 'off'}"
         )
-        self._run(pg_ctl, "-D", str(self.data), "-l", str(self.log), "-o", options,
-                  "-w", "-t", "60", "start")  # fmt: skip
+        self.resume()
 
     def _run(self, *cmd: str) -> None:
         # cwd: the postgres user may not enter the caller's folder (a clone under /root).
@@ -77,6 +76,14 @@ class PgCluster:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    def pause(self) -> None:
+        """Stop the server (fast: clients are cut off); ``resume`` starts it again."""
+        self._run(self._pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        self._run(self._pg_ctl, "-D", str(self.data), "-l", str(self.log), "-o",
+                  self._options, "-w", "-t", "60", "start")  # fmt: skip
 
     def stop(self) -> None:
         subprocess.run(

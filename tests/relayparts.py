@@ -18,7 +18,7 @@ from ioconnect_host import w3bstream as w3b
 from ioconnect_host.node import Node, serve
 from ioconnect_host.relay import Forwarder, Relay, ack_topic, tasks_topic
 from ioconnect_host.relay_mqtt import MqttFront
-from ioconnect_host.relay_store import SqliteStore
+from ioconnect_host.relay_store import open_store
 
 KEY = coincurve.PrivateKey(hashlib.sha256(b"relay test device").digest())
 DEVICE = w3b.address_of(KEY.public_key.format())
@@ -135,7 +135,10 @@ def wait_tasks(node: Node, n: int, timeout_s: float = 30) -> list[dict[str, Any]
 class Pipeline:
     """Relay + forwarder + node, each restartable, on one broker."""
 
-    def __init__(self, tmp: Path, broker_port: int, mqtt_version: str = "5") -> None:
+    def __init__(
+        self, tmp: Path, broker_port: int, mqtt_version: str = "5", store: str | None = None
+    ) -> None:
+        """``store``: what ``--store`` takes (default: a SQLite file in ``tmp``)."""
         self.mqtt_version = mqtt_version
         self.tmp = tmp
         # A share group of its own: the broker lives for the session and keeps this
@@ -146,7 +149,7 @@ class Pipeline:
         self.node = Node(tmp / "node.db", approved=approve_device)
         self.server = serve(self.node)
         self.node_port = self.server.port
-        self.store = SqliteStore(tmp / "relay.db")
+        self.store = open_store(store or tmp / "relay.db")
         self.start_relay()
 
     def start_relay(self) -> None:

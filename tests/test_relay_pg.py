@@ -23,7 +23,8 @@ import coincurve
 from brokers import Broker, free_port
 from ioconnect_host import w3bstream as w3b
 from ioconnect_host.relay_store import Admission, Submission, open_store
-from relayparts import DEVICE, FakeDeviceLink, body
+from pgcluster import PgCluster
+from relayparts import DEVICE, FakeDeviceLink, Pipeline, body, wait_tasks
 
 
 def _together(n: int, work: Callable[[int], Any]) -> list[Any]:
@@ -259,3 +260,32 @@ def test_two_relay_processes_killed_at_random_deliver_each_reading_once(
         for s in (*relays, node):
             s.stop()
         broker.stop()
+
+
+# --- the store itself goes away ----------------------------------------------------
+
+
+def test_a_postgresql_outage_holds_acks_and_loses_nothing(tmp_path: Path, broker: Broker) -> None:
+    cluster = PgCluster()  # its own: this test stops and starts it
+    pipe = Pipeline(tmp_path, broker.port, store=cluster.new_database())
+    dev = FakeDeviceLink(broker.port)
+    try:
+        for n in (1, 2, 3):
+            dev.send(body(n, f'{{"t":{n}}}'))
+        wait_tasks(pipe.node, 3)
+        cluster.pause()
+        dev.publish(body(4, '{"t":4}'))
+        time.sleep(4)  # the relay got it (and the device's copy), stored nothing
+        assert 4 not in dev.acks  # so acknowledged nothing: no "queued" before a commit
+        assert pipe.front.errors > 0
+        cluster.resume()  # the relay's connections come back by themselves
+        dev.wait_acks(4, timeout_s=60)
+        for n in (5, 6):
+            dev.send(body(n, f'{{"t":{n}}}'), timeout_s=60)
+        tasks = wait_tasks(pipe.node, 6, timeout_s=60)
+        assert [t["nonce"] for t in tasks] == [1, 2, 3, 4, 5, 6]
+        assert {a["status"] for a in dev.acks.values()} <= {"queued", "accepted"}
+    finally:
+        dev.close()
+        pipe.close()
+        cluster.stop()

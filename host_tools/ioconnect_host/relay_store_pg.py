@@ -167,23 +167,18 @@ class PgStore:
     # -- connections ---------------------------------------------------------
     def _conn(self) -> psycopg.Connection[Any]:
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
+        if conn is None or conn.closed:  # a broken one (server restarted) is closed too
             conn = psycopg.connect(self._url, autocommit=True, connect_timeout=10)
             self._local.conn = conn
             with self._all_lock:
-                self._all.append(conn)
+                self._all = [c for c in self._all if not c.closed] + [conn]
         return conn
 
     def _run(self, work: Any) -> Any:
-        """``work(conn)`` in one transaction; a broken connection is dropped."""
+        """``work(conn)`` in one transaction (psycopg: commit, or rollback on error)."""
         conn = self._conn()
-        try:
-            with conn.transaction():
-                return work(conn)
-        except psycopg.OperationalError:
-            if conn.broken:
-                conn.close()
-            raise
+        with conn.transaction():
+            return work(conn)
 
     def close(self) -> None:
         with self._all_lock:
