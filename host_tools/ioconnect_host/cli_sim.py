@@ -89,6 +89,7 @@ def _start(args: argparse.Namespace) -> int:
     if args.bootsel and load_board(args.board).flash.firmware_format != "uf2":
         raise UsageError(f"--bootsel is for boards flashed with UF2 files; {args.board} is not")
     _state_folder(args.state or default_state_dir(name), name, list_running())
+    engine, firmware = args.engine, args.firmware
     if args.detach:
         rec = start_detached(
             args.board,
@@ -99,6 +100,8 @@ def _start(args: argparse.Namespace) -> int:
             fast=args.fast or None,
             bootsel=args.bootsel,
             download=args.download,
+            engine=engine,
+            firmware=firmware,
         )
         port, state = rec.port, rec.state_dir
         uart = rec.uart_port
@@ -112,6 +115,8 @@ def _start(args: argparse.Namespace) -> int:
             fast=args.fast or None,
             bootsel=args.bootsel,
             download=args.download,
+            engine=engine,
+            firmware=firmware,
         )
         port, state = vb.port, str(vb.config.state_dir)
         uart = vb.uart_port
@@ -124,13 +129,15 @@ def _start(args: argparse.Namespace) -> int:
                     "port": port,
                     "state_dir": state,
                     "uart_port": uart,
+                    "engine": args.engine,
                 }
             ),
             flush=True,
         )
     else:
         print(f"{name} ({args.board}) serial port: {port}", flush=True)
-        print(f"{name} UART(1): {uart}", flush=True)
+        if uart:
+            print(f"{name} UART(1): {uart}", flush=True)
         if not args.detach:
             print("Running; Ctrl-C stops it.", file=sys.stderr, flush=True)
     if not args.detach:
@@ -148,8 +155,10 @@ def _list(args: argparse.Namespace) -> int:
     if not boards:
         print("no virtual boards running")
     for b in boards:
-        print(f"{b.name:<16} {b.board:<12} {b.port:<14} pid {b.pid}  {b.state_dir}")
-        print(f"{'':<16} UART(1) {b.uart_port}")
+        engine = "" if b.engine == "unix" else f"  ({b.engine} engine)"
+        print(f"{b.name:<16} {b.board:<12} {b.port:<14} pid {b.pid}  {b.state_dir}{engine}")
+        if b.uart_port:
+            print(f"{'':<16} UART(1) {b.uart_port}")
         drive = bootsel_drive(b)
         if drive:
             print(f"{'':<16} BOOTSEL drive {drive}")
@@ -190,6 +199,10 @@ def _fault(args: argparse.Namespace) -> int:
         )
     rec = find_running(args.name)
     spec = load_board(rec.board)
+    if rec.engine != "unix" and (args.wifi or args.flash or args.sensor):
+        raise UsageError(
+            f"{rec.name} runs on the {rec.engine} engine: only --power-cut is modelled there"
+        )
     changes: dict[str, object] = {}
     if args.wifi:
         if spec.network != "wifi":
@@ -245,6 +258,8 @@ def _pin(args: argparse.Namespace) -> int:
     from .boards import load_board
 
     rec = find_running(args.name)
+    if rec.engine != "unix":
+        raise UsageError(f"{rec.name} runs on the {rec.engine} engine: `sim pin` is not modelled")
     pins = load_board(rec.board).pins
     if args.pin in pins.named:
         number = pins.named[args.pin]
@@ -307,6 +322,20 @@ def add_sim_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         action="store_true",
         help="lift the serial line's speed limit (default: the board's wire, e.g. 115200 "
         "baud on an ESP32 DevKit, USB full speed on S3/C3/Pico)",
+    )
+    start.add_argument(
+        "--engine",
+        choices=["unix", "rp2040"],
+        default="unix",
+        help="unix: the firmware on the MicroPython unix port (default); rp2040: the stock "
+        "MicroPython Pico firmware on an emulated RP2040 (--board rpi-pico; deploy to it)",
+    )
+    start.add_argument(
+        "--firmware",
+        type=Path,
+        metavar="UF2",
+        help="rp2040 engine: MicroPython UF2 to run (checked: RP2040 family, size, boots to a "
+        "REPL; kept in the state folder). Default: the board's own, else the project's",
     )
     start.add_argument("--detach", action="store_true", help="run in the background")
     start.add_argument(

@@ -70,6 +70,7 @@ class PortInfo:
         description: what the OS (or the board registry) calls it.
         boards: board definitions listing these USB ids (the virtual board's own).
         sim_name: the virtual board's name.
+        slowness: wall time per device time (an emulated chip announces it; 1 otherwise).
     """
 
     port: str
@@ -80,6 +81,7 @@ class PortInfo:
     description: str = ""
     boards: tuple[str, ...] = ()
     sim_name: str | None = None
+    slowness: float = 1.0
 
     @property
     def likely(self) -> bool:
@@ -107,6 +109,9 @@ class BoardRef:
         sim_name: virtual board name.
         did: the identity the board was selected by.
         how: the ``--port`` value that selected it.
+        slowness: wall time per device time of a virtual board (its registry record
+            says; an emulated RP2040 runs about 50 times slower than the chip).
+            Host limits multiply by it (``session.timeout_scale``).
     """
 
     port: str
@@ -115,6 +120,7 @@ class BoardRef:
     sim_name: str | None = None
     did: str | None = None
     how: str = ""
+    slowness: float = 1.0
 
 
 def _usb_ports() -> list[PortInfo]:
@@ -152,6 +158,7 @@ def _virtual_ports() -> list[PortInfo]:
             description=f"ioconnect virtual board {rec.name}",
             boards=(rec.board,),
             sim_name=rec.name,
+            slowness=rec.slowness,
         )
         for rec in list_running()
     ]
@@ -213,6 +220,7 @@ def _ref(info: PortInfo, how: str, did: str | None = None) -> BoardRef:
         usb_serial=info.serial_number,
         sim_name=info.sim_name,
         did=did,
+        slowness=info.slowness,
         how=how,
     )
 
@@ -243,7 +251,9 @@ def select_port(spec: str | None = None, *, probe_timeout_s: float = 1.5) -> Boa
         from ioconnect_sim.launch import find_running
 
         rec = find_running(spec[4:])
-        return BoardRef(port=rec.port, board=rec.board, sim_name=rec.name, how=spec)
+        return BoardRef(
+            port=rec.port, board=rec.board, sim_name=rec.name, how=spec, slowness=rec.slowness
+        )
     if spec.startswith("id:"):
         serial_number = spec[3:]
         usb = _usb_ports()

@@ -52,6 +52,7 @@ from .session import Session, timeout_scale
 from .transport import SerialTransport
 
 if TYPE_CHECKING:
+    from ioconnect_sim.rp2040_board import Rp2040Board
     from ioconnect_sim.supervisor import VirtualBoard
 
 __all__ = [
@@ -183,7 +184,7 @@ class Board:
         ref: BoardRef,
         *,
         log_path: Path,
-        virtual: VirtualBoard | None = None,
+        virtual: VirtualBoard | Rp2040Board | None = None,
         state_dir: Path | None = None,
     ) -> None:
         self.ref = ref
@@ -200,7 +201,7 @@ class Board:
     def session(self) -> Session:
         """The board's session (agent calls with fitting limits, file hashing and writes)."""
         if self._session is None:
-            scale = timeout_scale(self.board_name)
+            scale = timeout_scale(self.board_name, self.ref.slowness)
             transport: SerialTransport
             if self.virtual:
                 transport = SerialTransport(self.port, byte_timeout_s=2.0 * scale)
@@ -305,6 +306,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--ioc-board", default=None, metavar="B", help=f"board definition (default {DEFAULT_BOARD})"
     )
     group.addoption(
+        "--ioc-engine",
+        default=None,
+        choices=["unix", "rp2040"],
+        help="engine of virtual boards (default unix; rp2040: an emulated Pico, blank: "
+        "combine with --ioc-deploy)",
+    )
+    group.addoption(
         "--ioc-scope",
         default="function",
         choices=_SCOPES,
@@ -367,6 +375,12 @@ def ioc_board_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope=_scope)
+def ioc_engine(request: pytest.FixtureRequest) -> str:
+    """Engine of virtual boards: parameter > --ioc-engine > ``unix``."""
+    return str(_param_option_default(request, "ioc_engine", "unix"))
+
+
+@pytest.fixture(scope=_scope)
 def ioc_port(request: pytest.FixtureRequest) -> str | None:
     """A real board's port: parameter > first --ioc-port > None (virtual)."""
     value = _param_option_default(request, "ioc_port", None)
@@ -424,7 +438,11 @@ class BoardFactory:
 
 @contextlib.contextmanager
 def _board_opener(
-    request: pytest.FixtureRequest, tmp: pytest.TempPathFactory, lock_dir: Path, deploy: bool
+    request: pytest.FixtureRequest,
+    tmp: pytest.TempPathFactory,
+    lock_dir: Path,
+    deploy: bool,
+    engine: str = "unix",
 ) -> Iterator[Callable[[str | None, str], Board]]:
     """A function opening boards (locked, deployed if asked) and closing them all on exit."""
     cleanup = contextlib.ExitStack()
@@ -438,8 +456,11 @@ def _board_opener(
 
             state = tmp.mktemp(f"ioc-{board_name}")
             name = f"pytest-{board_name}-{os.getpid()}-{serial}"
-            vb = start_board(board_name, name=name, state_dir=state, seed=serial)
-            ref = BoardRef(port=vb.port, board=board_name, sim_name=name, how="virtual")
+            vb = start_board(board_name, name=name, state_dir=state, seed=serial, engine=engine)
+            slowness = getattr(vb, "slowness", 1.0)
+            ref = BoardRef(
+                port=vb.port, board=board_name, sim_name=name, how="virtual", slowness=slowness
+            )
             board = Board(ref, log_path=log_path, virtual=vb, state_dir=state)
         else:
             ref = select_port(port_spec)
@@ -470,12 +491,15 @@ def board(
     ioc_board_name: str,
     ioc_port: str | None,
     ioc_deploy: bool,
+    ioc_engine: str,
 ) -> Iterator[Board]:
     """The board under test: a fresh virtual ``ioc_board_name``, or the real one at ``ioc_port``.
 
     Its port is locked for the fixture's life (see ``--ioc-lock-dir``).
     """
-    with _board_opener(request, tmp_path_factory, ioc_lock_dir, ioc_deploy) as open_board:
+    with _board_opener(
+        request, tmp_path_factory, ioc_lock_dir, ioc_deploy, ioc_engine
+    ) as open_board:
         yield open_board(ioc_port, ioc_board_name)
 
 
@@ -485,13 +509,16 @@ def boards(
     tmp_path_factory: pytest.TempPathFactory,
     ioc_lock_dir: Path,
     ioc_deploy: bool,
+    ioc_engine: str,
 ) -> Iterator[BoardFactory]:
     """``boards(n, board_name="esp32") -> list[Board]``: several boards at once.
 
     Virtual by default; with --ioc-port given n times, those real boards.
     """
     ports = list(request.config.getoption("ioc_port"))
-    with _board_opener(request, tmp_path_factory, ioc_lock_dir, ioc_deploy) as open_board:
+    with _board_opener(
+        request, tmp_path_factory, ioc_lock_dir, ioc_deploy, ioc_engine
+    ) as open_board:
         factory = BoardFactory(open_board, ports)
         try:
             yield factory

@@ -46,6 +46,8 @@ _ENTRY_PAUSES_S = (0.2, 0.5)
 #: in MicroPython (about 1 ms on x86-64, a few hundred times that on a Cortex-M0+).
 _OP_TIMEOUT_S = {"identity.create": 30.0, "identity.rotate": 30.0, "sign": 30.0}
 _DEFAULT_OP_TIMEOUT_S = 10.0
+# Operations whose effect the host can read back when their answer is lost.
+_CHANGES_IDENTITY = ("identity.create", "identity.rotate")
 _REFERENCE_CPU_HZ = 160_000_000  # the ESP32 the default limits were chosen for
 _CHUNK = 512  # bytes of file data per statement: the board compiles each one in its heap
 
@@ -84,8 +86,12 @@ class FirmwareMissingError(IoconnectError):
     """The board runs MicroPython but not the ioconnect firmware (or an incompatible one)."""
 
 
-def timeout_scale(board: str | None = None) -> float:
+def timeout_scale(board: str | None = None, slowness: float = 1.0) -> float:
     """Factor for every limit: ``$IOCONNECT_TIMEOUT_SCALE`` times the board's slowness.
+
+    The board's slowness is its clock against the ESP32 the limits were chosen
+    for, times ``slowness``: what an emulated board announces (wall time per
+    device time, ``BoardRef.slowness``).
 
     Raises:
         IoconnectError: the environment variable is not a number >= 1.
@@ -103,7 +109,7 @@ def timeout_scale(board: str | None = None) -> float:
             clock = max(1.0, _REFERENCE_CPU_HZ / load_board(board).cpu_freq_hz)
         except BoardError:
             clock = 1.0  # an unknown board name reported by a device: no facts to scale by
-    return user * clock
+    return user * clock * max(1.0, slowness)
 
 
 class Session:
@@ -124,16 +130,30 @@ class Session:
         """Run ``code`` on the board (limit scaled); return what it printed."""
         return self.transport.exec(code, timeout_s=timeout_s * self.scale)
 
-    def call(self, op: str, **args: Any) -> Any:
-        """Agent operation ``op`` with a limit fit for it.
+    def call(self, op: str, *, limit_s: float | None = None, **args: Any) -> Any:
+        """Agent operation ``op`` with a limit fit for it (``limit_s``: this limit
+        in seconds instead, not scaled).
+
+        If the answer to ``identity.create`` or ``identity.rotate`` does not come
+        in time, the board is asked what it did: the key it made is returned as
+        the answer would have (see ``_after_lost_answer``).
 
         Raises:
             AgentError: the device refused (``code`` says why).
             FirmwareMissingError: no ioconnect firmware answers on the board.
         """
         timeout_s = _OP_TIMEOUT_S.get(op, _DEFAULT_OP_TIMEOUT_S)
+        if limit_s is not None:
+            timeout_s = limit_s / self.scale  # exec scales it back
+        before: dict[str, Any] | None = None
+        if op == "identity.rotate":
+            before = self._current_identity()  # to tell afterwards whether it changed
         try:
             return agent.call(self, op, timeout_s=timeout_s, **args)
+        except TransportError as exc:
+            if op not in _CHANGES_IDENTITY or exc.__class__ is not TransportError:
+                raise
+            return self._after_lost_answer(op, exc, before)
         except DeviceExecError as exc:
             if exc.code == "ImportError":
                 raise FirmwareMissingError(
@@ -142,6 +162,44 @@ class Session:
                     hint="deploy the firmware first",
                 ) from exc
             raise
+
+    def _current_identity(self) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = agent.call(self, "identity.show", timeout_s=10.0)
+        except agent.AgentError as exc:
+            if exc.code == "no_identity":
+                return None
+            raise
+        return result
+
+    def _after_lost_answer(
+        self, op: str, lost: TransportError, before: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """The answer to ``op`` did not arrive in time; ask the board what it did.
+
+        The board may have finished the work after the host stopped waiting (an
+        emulated chip runs 50 times slower than the limit assumed). Entering the
+        raw REPL again interrupts whatever still runs; the key store writes its
+        file by rename, so the key is then either stored or not, and that is what
+        identity.show says. A key that is there now (create) or that differs from
+        the one before (rotate) is the one this call made: its identity is
+        returned, as the answer would have said.
+
+        Raises:
+            TransportError: the board did not make the key (says which it has).
+        """
+        self.transport.enter_raw_repl(timeout_s=10.0 * self.scale)
+        now = self._current_identity()
+        made = now is not None and (op == "identity.create" or now != before)
+        if made:
+            assert now is not None
+            return now
+        kept = f"it keeps {now['did']}" if now else "it has no identity"
+        raise TransportError(
+            f"{self.port}: {op} got no answer in time ({lost.args[0]}); the board did not "
+            f"make a new key: {kept}",
+            hint=f"retry; raise {SCALE_ENV} for a slow board",
+        ) from lost
 
     def info(self) -> dict[str, Any]:
         """The agent's ``info``, checked: the firmware is there and speaks our API version.
@@ -241,7 +299,7 @@ def open_session(
         PortError: the port cannot be opened.
         TransportError: no MicroPython console answered in any try (says how long).
     """
-    factor = timeout_scale(ref.board) if scale is None else scale
+    factor = timeout_scale(ref.board, ref.slowness) if scale is None else scale
     transport = SerialTransport(ref.port, byte_timeout_s=2.0 * factor)
     try:
         last: TransportError | None = None

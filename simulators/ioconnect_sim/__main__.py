@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true")
     parser.add_argument("--bootsel", action="store_true")
     parser.add_argument("--download", action="store_true")
+    parser.add_argument("--engine", default="unix")
     args = parser.parse_args(argv)
     try:
         vb = start_board(
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
             fast=args.fast,
             bootsel=args.bootsel,
             download=args.download,
+            engine=args.engine,
         )
     except IoconnectError as err:
         print(f"ioconnect-sim: error: {err}", file=sys.stderr)

@@ -29,6 +29,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ioconnect_host.boards import load_board
 from ioconnect_host.errors import IoconnectError
@@ -42,7 +43,14 @@ from .flashfs import has_flash
 from .statelock import lock_holder, process_start_time, send_control
 from .supervisor import SimConfig, VirtualBoard
 
+if TYPE_CHECKING:
+    from .rp2040_board import Rp2040Board
+
+#: Engines a virtual board runs on.
+ENGINES = ("unix", "rp2040")
+
 __all__ = [
+    "ENGINES",
     "RunningBoard",
     "SimError",
     "bootsel_drive",
@@ -78,6 +86,9 @@ class RunningBoard:
     state_dir: str
     own_process: bool = False
     uart_port: str = ""  # UART(1)'s pty ("" in records of older versions)
+    engine: str = "unix"  # "unix" (MicroPython unix port) or "rp2040" (emulated chip)
+    #: Wall time per device time: host limits for this board multiply by it.
+    slowness: float = 1.0
 
 
 def bootsel_drive(rec: RunningBoard) -> str | None:
@@ -171,7 +182,9 @@ def start_board(
     fast: bool | None = None,
     bootsel: bool = False,
     download: bool = False,
-) -> VirtualBoard:
+    engine: str = "unix",
+    firmware: Path | None = None,
+) -> VirtualBoard | Rp2040Board:
     """Power on a virtual ``board`` (a name from boards/, e.g. ``"esp32"``).
 
     Args:
@@ -181,14 +194,19 @@ def start_board(
         seed: seed of the board's sensor signals and unique id.
         heap: heap override (default: the board's budget).
         install_firmware: put the firmware on a blank flash (False: a blank board,
-            as from the factory, for ``ioconnect deploy``).
+            as from the factory, for ``ioconnect deploy``). The rp2040 engine
+            always starts blank: deploy to it.
         fast: lift the console wire's speed limit (the board file's ``[console]``:
             115200 baud on an ESP32 DevKit, USB full speed elsewhere). Default:
             the ``IOCONNECT_SIM_FAST`` environment variable ("1": fast), else the wire's.
         bootsel: a UF2 board (Pico) powers on in BOOTSEL: its RPI-RP2 drive
-            (``<state>/RPI-RP2``) appears instead of MicroPython.
+            (``<state>/RPI-RP2``) appears instead of MicroPython. Unix engine only.
         download: an ESP32-family board powers on in its ROM's download mode
             (BOOT held): esptool flashes it (``--before no-reset``).
+        engine: ``"unix"`` (the firmware on the MicroPython unix port) or
+            ``"rp2040"`` (the stock Pico firmware on an emulated RP2040).
+        firmware: rp2040 engine: a MicroPython UF2, checked and kept in the state
+            folder (default: the one the board has, else the project's Pico UF2).
 
     Returns:
         The started board; ``.port`` is its serial port.
@@ -196,13 +214,17 @@ def start_board(
     Raises:
         SimError: a board of that name is already running.
         BoardError: unknown or invalid board definition.
+        FirmwareError: rp2040 engine: the UF2 fails its checks.
     """
     for rec in list_running():
         if rec.name == name:
             raise SimError(f"a virtual board named {name!r} is already running on {rec.port}")
     spec = load_board(board)
+    _check_engine(engine, spec.name, heap=heap, firmware=firmware, bootsel=bootsel)
     _allow_many_files()
     state = state_dir or default_state_dir(name)
+    if engine == "rp2040":
+        return _start_rp2040(board, name, state, firmware)
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     config = SimConfig(
         name=name,
@@ -236,6 +258,56 @@ def _fast(fast: bool | None) -> bool:
     return os.environ.get("IOCONNECT_SIM_FAST") == "1" if fast is None else fast
 
 
+def _check_engine(
+    engine: str, board: str, *, heap: str | None, firmware: Path | None, bootsel: bool = False
+) -> None:
+    if engine not in ENGINES:
+        raise SimError(f"unknown engine {engine!r}", hint="give one of: " + ", ".join(ENGINES))
+    if engine == "unix":
+        if firmware is not None:
+            raise SimError(
+                "--firmware is for the rp2040 engine",
+                hint="the unix engine runs the project's firmware on the MicroPython unix port",
+            )
+        return
+    if board != "rpi-pico":
+        raise SimError(
+            f"the rp2040 engine emulates a Raspberry Pi Pico, not {board!r}",
+            hint="give --board rpi-pico",
+        )
+    if bootsel:
+        raise SimError(
+            "--bootsel is for the unix engine",
+            hint="give the rp2040 engine its UF2 with --firmware",
+        )
+    if heap is not None:
+        raise SimError(
+            "--heap is for the unix engine",
+            hint="on the rp2040 engine the firmware has the heap the UF2 gives it (about 240 KB)",
+        )
+
+
+def _start_rp2040(board: str, name: str, state: Path, firmware: Path | None) -> Rp2040Board:
+    from .rp2040_board import Rp2040Board, Rp2040Config, prepare_state
+
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    prepare_state(state, firmware)
+    rb = Rp2040Board(Rp2040Config(name, state))
+    rb.start()
+    _write_record(
+        RunningBoard(
+            name,
+            board,
+            rb.port,
+            os.getpid(),
+            str(state.absolute()),
+            engine=rb.engine,
+            slowness=rb.slowness,
+        )
+    )
+    return rb
+
+
 def _write_record(rec: RunningBoard) -> None:
     path = _record_path(rec.name)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,7 +316,7 @@ def _write_record(rec: RunningBoard) -> None:
     tmp.replace(path)
 
 
-def run_foreground(vb: VirtualBoard, board: str, on_ready: object = None) -> None:
+def run_foreground(vb: VirtualBoard | Rp2040Board, board: str, on_ready: object = None) -> None:
     """Record ``vb`` as running, serve until SIGTERM/SIGINT, then clean up.
 
     SIGUSR1 cuts the board's power, as ``ioconnect sim fault NAME --power-cut``
@@ -253,7 +325,15 @@ def run_foreground(vb: VirtualBoard, board: str, on_ready: object = None) -> Non
     cfg = vb.config
     state = str(cfg.state_dir.absolute())  # read by processes with another cwd
     rec = RunningBoard(
-        cfg.name, board, vb.port, os.getpid(), state, own_process=True, uart_port=vb.uart_port
+        cfg.name,
+        board,
+        vb.port,
+        os.getpid(),
+        state,
+        own_process=True,
+        uart_port=vb.uart_port,
+        engine=getattr(vb, "engine", "unix"),
+        slowness=getattr(vb, "slowness", 1.0),
     )
     _write_record(rec)
 
@@ -281,6 +361,8 @@ def start_detached(
     fast: bool | None = None,
     bootsel: bool = False,
     download: bool = False,
+    engine: str = "unix",
+    firmware: Path | None = None,
 ) -> RunningBoard:
     """Start a board in a background process that outlives this one.
 
@@ -290,10 +372,15 @@ def start_detached(
     for rec in list_running():
         if rec.name == name:
             raise SimError(f"a virtual board named {name!r} is already running on {rec.port}")
+    _check_engine(engine, load_board(board).name, heap=heap, firmware=firmware, bootsel=bootsel)
     state = state_dir or default_state_dir(name)
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if engine == "rp2040":
+        from .rp2040_board import prepare_state
+
+        prepare_state(state, firmware)  # checked here, where its error is seen
     argv = [sys.executable, "-m", "ioconnect_sim", "--board", board, "--name", name]
-    argv += ["--state", str(state), "--seed", str(seed)]
+    argv += ["--state", str(state), "--seed", str(seed), "--engine", engine]
     if heap:
         argv += ["--heap", heap]
     if _fast(fast):

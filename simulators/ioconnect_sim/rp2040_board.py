@@ -1,0 +1,290 @@
+"""The rp2040 engine: the stock MicroPython Pico firmware on an emulated RP2040.
+
+Same contract as the unix-port engine (:class:`ioconnect_sim.supervisor.VirtualBoard`):
+a pty is the board's USB serial port, the state folder (locked while the board
+runs, with the control FIFO ``sim stop`` and ``sim fault --power-cut`` write to)
+holds everything the board keeps, and the board is recorded in the registry.
+
+The state folder holds:
+
+- ``firmware.uf2``: the MicroPython image, checked before it is copied in;
+- ``flash.lfs``: the littlefs filesystem region of the flash (352 blocks of
+  4 KiB), written as the firmware programs it (see ``rp2040_chip``), so it
+  survives stop, start and power cuts, and ``rp2040py --littlefs`` or
+  littlefs-python read it as it is;
+- ``console.log``: what the board printed.
+
+Each power-on is one ``rp2040_chip`` process; this supervisor owns the pty, so
+the port stays the same when the chip is killed and powered on again.
+``machine.reset()`` and the watchdog reset the chip inside that process, as
+rp2040py models them.
+
+Device time is cycle-counted at 125 MHz; wall time runs 20-50 times slower, so
+the board announces :data:`SLOWNESS` in its registry record and host limits
+scale by it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tty
+from dataclasses import dataclass
+from pathlib import Path
+
+from ioconnect_host.errors import IoconnectError
+
+from .rp2040_firmware import FirmwareError, check_uf2, default_uf2
+from .statelock import StateLockedError, hold_state_lock, open_control
+from .supervisor import StateInUseError
+
+__all__ = ["SLOWNESS", "Rp2040Board", "Rp2040Config", "install_uf2", "prepare_state"]
+
+#: Wall time per device time on this emulator (measured 20x for plain loops, 50x
+#: for bigint code on a 2-core x86-64), with room for a loaded machine.
+SLOWNESS = 60.0
+_DIE_WITH_US = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
+_BOOT_CHECK_S = 60.0
+
+
+@dataclass
+class Rp2040Config:
+    """One rp2040-engine board."""
+
+    name: str
+    state_dir: Path
+
+    @property
+    def firmware(self) -> Path:
+        return self.state_dir / "firmware.uf2"
+
+    @property
+    def flash_image(self) -> Path:
+        return self.state_dir / "flash.lfs"
+
+
+def install_uf2(uf2: Path, state_dir: Path, *, boot_check: bool = True) -> None:
+    """Check ``uf2`` (format, family, size, and that it boots to a REPL) and make it the
+    firmware of the board in ``state_dir`` (copied, then renamed in).
+
+    Raises:
+        FirmwareError: the image fails a check.
+    """
+    check_uf2(uf2)
+    if boot_check:
+        boots_to_repl(uf2)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".firmware-", suffix=".uf2", dir=state_dir)
+    os.close(fd)
+    try:
+        shutil.copyfile(uf2, tmp)
+        os.replace(tmp, state_dir / "firmware.uf2")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def boots_to_repl(uf2: Path, timeout_s: float = _BOOT_CHECK_S) -> None:
+    """Boot ``uf2`` on a scratch flash and ask its REPL for ``sys.platform``.
+
+    Raises:
+        FirmwareError: no MicroPython REPL answered ``rp2`` within ``timeout_s``.
+    """
+    from ioconnect_host.transport import SerialTransport, TransportError
+
+    with tempfile.TemporaryDirectory(prefix="ioc-uf2-check-") as scratch:
+        board = Rp2040Board(Rp2040Config("uf2-check", Path(scratch)), firmware=uf2)
+        try:
+            board.start()
+            with SerialTransport(board.port, byte_timeout_s=timeout_s) as t:
+                t.enter_raw_repl(timeout_s=timeout_s)
+                platform = t.eval("__import__('sys').platform", timeout_s=timeout_s)
+        except (TransportError, IoconnectError) as exc:
+            raise FirmwareError(
+                f"--firmware {uf2}: it did not boot to a MicroPython REPL: {exc}"
+            ) from exc
+        finally:
+            board.stop()
+    if platform != "rp2":
+        raise FirmwareError(f"--firmware {uf2}: it boots, but sys.platform is {platform!r}")
+
+
+class Rp2040Board:
+    """An emulated Pico: start() it, give ``port`` to any serial tool, stop() it.
+
+    ``firmware``: a UF2 to use instead of the state folder's ``firmware.uf2``
+    (already checked by the caller, e.g. :func:`install_uf2`).
+    """
+
+    engine = "rp2040"
+    slowness = SLOWNESS
+
+    def __init__(self, config: Rp2040Config, *, firmware: Path | None = None) -> None:
+        self.config = config
+        self.port = ""
+        self.uart_port = ""  # UART(1) is not wired on this engine
+        self.boots = 0
+        self._firmware = firmware
+        self._master = self._slave = -1
+        self._lock_fd = -1
+        self._ctl = -1
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._running = False
+        self._claim = threading.Lock()  # one stop() wins
+        self._power = threading.Lock()  # one power-on or power cut at a time
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> str:
+        """Create the serial port and power the board on."""
+        if self._running:
+            return self.port
+        cfg = self.config
+        image = self._firmware or cfg.firmware
+        if not image.is_file():
+            raise FirmwareError(f"{cfg.state_dir} has no firmware.uf2", hint="give --firmware")
+        cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        cfg.state_dir.chmod(0o700)  # the flash holds the identity key
+        try:
+            self._lock_fd = hold_state_lock(cfg.state_dir, cfg.name)
+        except StateLockedError:
+            raise StateInUseError(
+                f"{cfg.state_dir} is in use by another virtual board",
+                hint="stop it first, or give this one its own --state folder",
+            ) from None
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        os.fchmod(self._slave, 0o600)
+        self.port = os.ttyname(self._slave)
+        self._ctl = open_control(cfg.state_dir)
+        self._stopped.clear()
+        self._running = True
+        self._power_on()
+        self._thread = threading.Thread(target=self._watch, name=f"rp2040-{cfg.name}", daemon=True)
+        self._thread.start()
+        return self.port
+
+    def stop(self) -> None:
+        """Power off and close the port (a no-op when not running)."""
+        with self._claim:
+            if not self._running:
+                return
+            self._running = False
+        self._stopped.set()
+        with self._power:
+            self._kill()
+        if self._thread and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        for fd in (self._master, self._slave, self._ctl, self._lock_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._master = self._slave = self._ctl = self._lock_fd = -1
+
+    def wait(self) -> None:
+        """Block until stop() (the foreground mode of ``sim start``)."""
+        self._stopped.wait()
+
+    def power_cut(self) -> None:
+        """Kill the chip where it stands, then power on again from the same flash."""
+        with self._power:
+            if not self._running:
+                return
+            self._kill()
+            self._power_on()
+
+    @property
+    def vm_pid(self) -> int | None:
+        """Process id of the current chip (None while powered off)."""
+        proc = self._proc
+        return proc.pid if proc else None
+
+    def __enter__(self) -> Rp2040Board:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- chip process ------------------------------------------------------
+    def _power_on(self) -> None:
+        cfg = self.config
+        argv = [*_DIE_WITH_US, sys.executable, "-m", "ioconnect_sim.rp2040_chip"]
+        argv += ["--image", str(self._firmware or cfg.firmware), "--flash", str(cfg.flash_image)]
+        argv += ["--serial-fd", str(self._master), "--log", str(cfg.state_dir / "console.log")]
+        err = os.open(cfg.state_dir / "chip.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                pass_fds=(self._master,),
+                start_new_session=True,  # a Ctrl-C in the user's terminal is not the board's
+                umask=0o077,
+            )
+        finally:
+            os.close(err)
+        self.boots += 1
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()  # the flash image already holds every completed write
+            proc.wait()
+
+    def _watch(self) -> None:
+        """Serve the control FIFO; power on again a chip that died on its own."""
+        sel = selectors.DefaultSelector()
+        sel.register(self._ctl, selectors.EVENT_READ)
+        try:
+            while not self._stopped.is_set():
+                if sel.select(timeout=0.2):
+                    try:
+                        words = os.read(self._ctl, 512).split()
+                    except BlockingIOError:
+                        words = []
+                    for word in words:
+                        if word == b"stop":
+                            threading.Thread(target=self.stop, daemon=True).start()
+                        elif word in (b"power-cut", b"reset"):
+                            # RESET (the RUN pin) restarts the chip from flash, RAM
+                            # lost: MicroPython on rp2 reports it as a power-on.
+                            self.power_cut()
+                self._check_chip()
+        except OSError:
+            if not self._stopped.is_set():
+                raise
+        finally:
+            sel.close()
+
+    def _check_chip(self) -> None:
+        with self._power:
+            proc = self._proc
+            if self._running and proc is not None and proc.poll() is not None:
+                # Crashed (an emulator error, see chip.log): reboot like a watchdog.
+                time.sleep(0.5)
+                self._proc = None
+                self._power_on()
+
+
+def prepare_state(state_dir: Path, firmware: Path | None) -> None:
+    """Give a board in ``state_dir`` its firmware: ``firmware`` (checked), or on a new
+    board the default UF2; an existing board keeps the one it has.
+
+    Raises:
+        FirmwareError: the image fails a check, or there is none.
+    """
+    if firmware is not None:
+        install_uf2(firmware, state_dir)
+    elif not (state_dir / "firmware.uf2").is_file():
+        install_uf2(default_uf2(), state_dir, boot_check=False)  # the project's own image
+
