@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import cbor2
 import coincurve
@@ -192,3 +195,17 @@ def test_a_lost_answer_is_read_back_from_the_device(pico: Pico) -> None:
         assert now == before  # the host said "no new key": there is none
     else:
         assert now == got and now != before  # the host has the key the board made
+
+
+def test_mpremote_works_unchanged(pico: Pico) -> None:
+    mpremote = Path(sys.executable).with_name("mpremote")
+    done = subprocess.run(
+        [str(mpremote), "connect", pico.board.port, "fs", "ls", ":ioconnect", "+",
+         "exec", "import os; print(os.uname().machine)"],
+        capture_output=True,
+        text=True,
+        timeout=_SETTLE_S,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "agent.mpy" in done.stdout and "Raspberry Pi Pico with RP2040" in done.stdout
