@@ -30,7 +30,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from eth_account import Account
 from eth_account.messages import encode_defunct, encode_typed_data
 from ioconnect_host import agent
-from ioconnect_host.deploy import deploy
 from ioconnect_host.ports import select_port
 from ioconnect_host.transport import TransportError
 from ioconnect_sim.launch import list_running
@@ -63,10 +62,9 @@ def test_deploy_put_the_firmware_on_the_stock_pico(pico: Pico) -> None:
     assert pico.deployed.mpy_arch == "armv6m"  # compiled for the Cortex-M0+ it runs on
     with pico.session() as s:
         info = s.info()
-        assert info["board"] == "Raspberry Pi Pico with RP2040"
-        assert info["micropython"].startswith("1.28")
-        again = deploy(s)  # nothing changed: one survey, nothing sent
-    assert again.files_sent == [] and again.bytes_sent == 0
+    assert info["board"] == "Raspberry Pi Pico with RP2040"
+    assert info["micropython"].startswith("1.28")
+    assert info["firmware"] == "0.1.0" and info["api"] == agent.API_VERSION
 
 
 def test_registry_and_port_selection_announce_a_slow_board(pico: Pico) -> None:
