@@ -185,6 +185,19 @@ def test_detached_board_lifecycle_and_power_cut(
         assert t.eval("'marker' in globals()", timeout_s=300) is False  # RAM is gone
         assert t.eval("open('note.txt').read()", timeout_s=300) == "kept"  # flash is not
 
+    # RESET (the RUN pin): the chip restarts from flash, RAM lost; no download mode.
+    with SerialTransport(started["port"], byte_timeout_s=120) as t:
+        t.enter_raw_repl(timeout_s=300)
+        t.exec("marker = 2", timeout_s=300)
+    code, _, _ = run(capsys, "sim", "reset", "rp-dev")
+    assert code == 0
+    with SerialTransport(started["port"], byte_timeout_s=120) as t:
+        t.enter_raw_repl(timeout_s=300)
+        assert t.eval("'marker' in globals()", timeout_s=300) is False
+        assert t.eval("open('note.txt').read()", timeout_s=300) == "kept"
+    code, _, err = run(capsys, "sim", "reset", "rp-dev", "--download")
+    assert code != 0
+
     code, _, err = run(capsys, "sim", "fault", "rp-dev", "--wifi", "down")
     assert code != 0 and "only --power-cut is modelled" in err
 
