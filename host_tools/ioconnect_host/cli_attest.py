@@ -30,7 +30,7 @@ class AttestCheckError(IoconnectError):
 def resolve_port(port: str) -> str:
     """A serial path, a pyserial URL, or ``sim:NAME`` (a running virtual board)."""
     if port.startswith("sim:"):
-        from ioconnect_sim.launch import find_running
+        from ioconnect_sim.registry import find_running
 
         return find_running(port[4:]).port
     return port

@@ -268,7 +268,7 @@ def diagnose(*, proc: Path = Path("/proc"), user: UserIds | None = None) -> list
         proc: the ``/proc`` tree to read (processes, mounts).
         user: whose access to check (default: this process's user and login groups).
     """
-    from ioconnect_sim.launch import list_running
+    from ioconnect_sim.registry import list_running
 
     from .ports import list_ports
 

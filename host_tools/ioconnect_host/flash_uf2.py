@@ -111,7 +111,7 @@ def find_rp2_drive(mounts: Path = Path("/proc/mounts")) -> Path | None:
 
 def _sim_drive(ref: BoardRef) -> Path | None:
     from ioconnect_sim.bootsel import drive_path
-    from ioconnect_sim.launch import find_running
+    from ioconnect_sim.registry import find_running
 
     return drive_path(Path(find_running(str(ref.sim_name)).state_dir))
 

@@ -148,7 +148,7 @@ def _usb_ports() -> list[PortInfo]:
 def _virtual_ports() -> list[PortInfo]:
     # The simulator is an optional part: the core never imports it at import time.
     try:
-        from ioconnect_sim.launch import list_running
+        from ioconnect_sim.registry import list_running
     except ImportError:
         return []
     return [
@@ -248,7 +248,7 @@ def select_port(spec: str | None = None, *, probe_timeout_s: float = 1.5) -> Boa
     """
     spec = spec or os.environ.get(PORT_ENV) or DEFAULT_PORT
     if spec.startswith("sim:"):
-        from ioconnect_sim.launch import find_running
+        from ioconnect_sim.registry import find_running
 
         rec = find_running(spec[4:])
         return BoardRef(
@@ -341,7 +341,7 @@ def find_again(
 
 def _look_again(ref: BoardRef, probe_timeout_s: float) -> BoardRef | None:
     if ref.sim_name is not None:
-        from ioconnect_sim.launch import SimError, find_running
+        from ioconnect_sim.registry import SimError, find_running
 
         try:
             return replace(ref, port=find_running(ref.sim_name).port)

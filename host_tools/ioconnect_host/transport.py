@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 import time
 from types import TracebackType
@@ -250,10 +251,28 @@ class SerialTransport:
             soft_reset: also soft-reset, for a fresh heap (main.py does not run).
             timeout_s: overall limit for the board to answer.
         """
-        self._write(b"\r" + _CTRL_C + _CTRL_C)  # two: a program may catch the first
-        self._drain()
-        self._write(b"\r" + _CTRL_A)
-        self.read_until(_RAW_BANNER + b">", timeout_s=timeout_s, what="entering the raw REPL")
+        # A board still booting (its USB not up yet) loses what it is sent: ask
+        # again, each time waiting twice as long, until the overall limit.
+        deadline = time.monotonic() + timeout_s
+        wait_s = max(1.0, timeout_s / 8)
+        for attempt in itertools.count():
+            self._write(b"\r" + _CTRL_C + _CTRL_C)  # two: a program may catch the first
+            self._drain()
+            self._write(b"\r" + _CTRL_A)
+            left = deadline - time.monotonic()
+            try:
+                self.read_until(
+                    _RAW_BANNER + b">", timeout_s=min(wait_s, max(left, 0.0)),
+                    what="entering the raw REPL",
+                )  # fmt: skip
+            except TransportError:
+                if time.monotonic() + 0.01 >= deadline:
+                    raise
+                wait_s *= 2
+                continue
+            if attempt:
+                self._drain(0.2)  # the banners of the earlier asks, if they came late
+            break
         if soft_reset:
             self._write(_CTRL_D)
             self.read_until(b"soft reboot\r\n", timeout_s=timeout_s, what="soft-resetting")

@@ -27,12 +27,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ioconnect_host.boards import load_board
-from ioconnect_host.errors import IoconnectError
 from ioconnect_host.firmware import host_build, host_mpy_arch
 from ioconnect_host.paths import home
 
@@ -40,6 +39,15 @@ from .boardlog import open_private_append, rotate_if_larger
 from .bootsel import drive_path
 from .download import supports_download as download_capable
 from .flashfs import has_flash
+from .registry import (
+    RunningBoard,
+    SimError,
+    alive,
+    default_state_dir,
+    find_running,
+    list_running,
+    record_path,
+)
 from .statelock import lock_holder, process_start_time, send_control
 from .supervisor import SimConfig, VirtualBoard
 
@@ -66,80 +74,10 @@ __all__ = [
 ]
 
 
-class SimError(IoconnectError):
-    """A virtual board could not be started, found or stopped."""
-
-
-@dataclass(frozen=True)
-class RunningBoard:
-    """A virtual board that is running now, as recorded by its supervisor.
-
-    ``own_process``: the pid runs only this board (``sim start``), so ``sim stop``
-    may kill it if it does not stop when asked; otherwise the board lives inside
-    another program (``start_board``), which is asked to stop but never killed.
-    """
-
-    name: str
-    board: str
-    port: str
-    pid: int
-    state_dir: str
-    own_process: bool = False
-    uart_port: str = ""  # UART(1)'s pty ("" in records of older versions)
-    engine: str = "unix"  # "unix" (MicroPython unix port) or "rp2040" (emulated chip)
-    #: Wall time per device time: host limits for this board multiply by it.
-    slowness: float = 1.0
-
-
 def bootsel_drive(rec: RunningBoard) -> str | None:
     """The board's RPI-RP2 drive folder while it is in BOOTSEL, else None."""
     path = drive_path(Path(rec.state_dir))
     return str(path) if (path / "INFO_UF2.TXT").is_file() else None
-
-
-def default_state_dir(name: str) -> Path:
-    """Where board ``name`` keeps its flash unless ``--state`` says otherwise."""
-    return home() / "sims" / name
-
-
-def _record_path(name: str) -> Path:
-    return home() / "run" / f"{name}.json"
-
-
-def _alive(rec: RunningBoard) -> bool:
-    """True if the recorded process holds the board's state lock now, as that board."""
-    holder = lock_holder(Path(rec.state_dir))
-    return holder is not None and (holder.pid, holder.name) == (rec.pid, rec.name)
-
-
-def list_running() -> list[RunningBoard]:
-    """Boards that run now; records of boards that stopped are removed."""
-    out = []
-    for path in sorted((home() / "run").glob("*.json")):
-        try:
-            text = path.read_text()
-            rec = RunningBoard(**json.loads(text))
-        except (OSError, ValueError, TypeError):
-            continue
-        if _alive(rec):
-            out.append(rec)
-        else:
-            with contextlib.suppress(OSError):
-                if path.read_text() == text:  # not rewritten by a board starting meanwhile
-                    path.unlink()
-    return out
-
-
-def find_running(name: str) -> RunningBoard:
-    """The running board called ``name``.
-
-    Raises:
-        SimError: no such board is running.
-    """
-    for rec in list_running():
-        if rec.name == name:
-            return rec
-    raise SimError(f"no virtual board named {name!r} is running", hint="see `ioconnect sim list`")
 
 
 _SUPERVISOR_LOG_LIMIT = 1 << 20
@@ -309,7 +247,7 @@ def _start_rp2040(board: str, name: str, state: Path, firmware: Path | None) -> 
 
 
 def _write_record(rec: RunningBoard) -> None:
-    path = _record_path(rec.name)
+    path = record_path(rec.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(rec)))
@@ -347,7 +285,7 @@ def run_foreground(vb: VirtualBoard | Rp2040Board, board: str, on_ready: object 
         vb.wait()
     finally:
         vb.stop()
-        _record_path(rec.name).unlink(missing_ok=True)
+        record_path(rec.name).unlink(missing_ok=True)
 
 
 def start_detached(
@@ -466,11 +404,11 @@ def power_cut_running(name: str) -> RunningBoard:
 
 def _gone(rec: RunningBoard, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
-    while _alive(rec):
+    while alive(rec):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
-    _record_path(rec.name).unlink(missing_ok=True)
+    record_path(rec.name).unlink(missing_ok=True)
     return True
 
 
