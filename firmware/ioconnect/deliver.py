@@ -20,7 +20,7 @@ import time
 from micropython import const
 
 from ioconnect.mqtt import MQTTClient, MQTTError
-from ioconnect.net import Backoff
+from ioconnect.net import Backoff, station_up
 from ioconnect.outbox import OutboxError
 
 _MAX_ACKS = const(32)  # acks held between steps; more are dropped (the relay re-acks)
@@ -172,6 +172,7 @@ class Delivery:
             "rejected": 0,
             "reconnects": 0,
             "connects": 0,
+            "failed_connects": 0,
             "bad_acks": 0,
             "rejected_reasons": {},
             "last_error": None,
@@ -181,6 +182,7 @@ class Delivery:
         self._sent = 0  # highest nonce published on this connection
         self._progress_at = time.ticks_ms()
         self._up_at = None  # ticks_ms of the current connection
+        self._no_station = False  # the station was down at the last step
 
     def connected(self):
         return self.client.connected()
@@ -194,8 +196,17 @@ class Delivery:
         deadline = time.ticks_add(time.ticks_ms(), budget_ms)
         for _ in range(2):  # a link that dropped after a good while is retried at once
             c = self.client
-            if not c.connected() and not (self.backoff.ready() and self._connect()):
-                return
+            if not c.connected():
+                if not station_up():
+                    # No network to reach the broker through: no attempt (nor a
+                    # longer backoff for it); when the station is back, at once.
+                    self._no_station = True
+                    return
+                if self._no_station:
+                    self._no_station = False
+                    self.backoff.reset()
+                if not (self.backoff.ready() and self._connect()):
+                    return
             try:
                 self._work(deadline)
                 return
@@ -256,6 +267,7 @@ class Delivery:
             c.subscribe(self.acks_topic, 1)
         except (MQTTError, OSError) as e:
             self._up_at = None
+            st["failed_connects"] += 1
             self._lost(e)
             return False
         st["connects"] += 1

@@ -94,6 +94,11 @@ class Station:
         return False
 
 
+def station_up():
+    """True while the Wi-Fi station is joined (always on boards without a radio)."""
+    return _connected()
+
+
 def _connected():
     try:
         import network
