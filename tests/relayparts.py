@@ -8,6 +8,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,13 @@ class FakeDeviceLink:
         self.address = w3b.address_of(self.key.public_key.format())
         self.lock = threading.Lock()
         self.ready = threading.Event()
+        # A persistent session (it must outlive broker restarts), under an id of
+        # its own: the broker is shared by a test session, and a session left by
+        # another test under the device's address would hand over that test's acks.
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=self.address, clean_session=False
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"{self.address}-{uuid.uuid4().hex[:8]}",
+            clean_session=False,
         )
         self.client.on_connect = lambda c, *a: (
             c.subscribe(ack_topic("42", self.address), 1),
@@ -96,17 +102,23 @@ class FakeDeviceLink:
         nonce below the high-water mark is refused as a replay)."""
         nonce = json.loads(payload)["nonce"]
         self.publish(payload)
-        return self.wait_acks(len(self.acks | {nonce: {}}), timeout_s)[nonce]
+        return self._wait(lambda: nonce in self.acks, f"the ack of {nonce}", timeout_s)[nonce]
 
     def wait_acks(self, n: int, timeout_s: float = 30) -> dict[int, dict[str, Any]]:
-        """Wait for n acks; like the firmware, publish again what stays unacknowledged
-        (a broker restart can lose a message published before the relay's shared
-        subscription is back: mosquitto 2.0 does not keep those for offline members)."""
+        """Wait for n acks (publishing again what stays unacknowledged, see _wait)."""
+        return self._wait(lambda: len(self.acks) >= n, f"{n} acks", timeout_s)
+
+    def _wait(
+        self, done: Callable[[], bool], what: str, timeout_s: float
+    ) -> dict[int, dict[str, Any]]:
+        # Like the firmware, publish again what stays unacknowledged (a broker
+        # restart can lose a message published before the relay's shared
+        # subscription is back: mosquitto 2.0 does not keep those for offline members).
         deadline = time.monotonic() + timeout_s
         resend_at = time.monotonic() + 3
         while time.monotonic() < deadline:
             with self.lock:
-                if len(self.acks) >= n:
+                if done():
                     return dict(self.acks)
                 missing = [p for k, p in sorted(self.sent.items()) if k not in self.acks]
             if time.monotonic() > resend_at:
@@ -115,7 +127,7 @@ class FakeDeviceLink:
                     self.publish(payload)
                 resend_at = time.monotonic() + 3
             time.sleep(0.05)
-        raise AssertionError(f"{len(self.acks)} of {n} acks arrived: {sorted(self.acks)}")
+        raise AssertionError(f"no {what} within {timeout_s:g} s; acks: {sorted(self.acks)}")
 
     def close(self) -> None:
         self.client.disconnect()

@@ -388,12 +388,13 @@ def test_output_for_a_host_that_does_not_read_is_dropped_saying_so(
     log = log_path.read_bytes()
     assert output(log).count(line) == 4000  # the log keeps all of it
     assert b"\r\n[sim] the host is not reading: dropping the oldest output\r\n" in log
-    m = re.search(rb"\r\n\[sim\] the host reads again; (\d+) bytes dropped\r\n", log)
-    assert m, log[-300:]
+    # One drop or several (a loaded host may fall behind again after catching up).
+    drops = re.findall(rb"\r\n\[sim\] the host reads again; (\d+) bytes dropped\r\n", log)
+    assert drops, log[-300:]
     # The host got the newest output, up to the prompt; what it missed was counted.
     assert got.endswith(line + b">>> ")
     assert got.count(line) < 4000
-    assert len(got) + int(m.group(1)) == len(output(log))
+    assert len(got) + sum(int(d) for d in drops) == len(output(log))
 
 
 def test_a_detached_board_that_does_not_stop_is_killed_and_only_it(home: Path) -> None:
