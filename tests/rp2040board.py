@@ -1,5 +1,7 @@
-"""An emulated Pico for the rp2040 tier: started on the rp2040 engine, the firmware
-deployed to it over its serial port and an identity created there, shared by a module."""
+"""An emulated Pico for the rp2040 tier: started on the rp2040 engine with the firmware
+in its flash as `image build` lays it out (the mass-production path; sending all 340 KB
+through the emulated USB takes 6-15 minutes), one module held back for `deploy` to
+send over its serial port, and an identity created there; shared by a module."""
 
 from __future__ import annotations
 
@@ -11,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from ioconnect_host import agent
+from ioconnect_host.boards import load_board
 from ioconnect_host.deploy import DeployResult, deploy
+from ioconnect_host.image import image_files
 from ioconnect_host.ports import BoardRef
 from ioconnect_host.session import Session, open_session
+from ioconnect_sim.flashfs import lfs_image
 from ioconnect_sim.launch import start_board
 from ioconnect_sim.rp2040_board import Rp2040Board
 
@@ -27,6 +32,7 @@ class Pico:
     deployed: DeployResult
     identity: dict[str, Any]
     deploy_s: float
+    held_back: str  # the module the image left out, sent by deploy
 
     @property
     def state(self) -> Path:
@@ -42,9 +48,23 @@ class Pico:
         return path.read_bytes() if path.exists() else b""
 
 
+def flash_firmware_image(state: Path) -> str:
+    """Write the board's filesystem with the firmware as ``image build`` lays it out,
+    but for its smallest module; returns that module's path."""
+    pico = load_board("rpi-pico")
+    files = image_files(pico)  # .mpy for armv6m, and the deploy manifest listing all
+    held_back = min((p for p in files if p.endswith(".mpy")), key=lambda p: len(files[p]))
+    del files[held_back]
+    fs = pico.filesystem
+    (state / "flash.lfs").write_bytes(lfs_image(files, size=fs.size, block_size=fs.block_size))
+    return held_back
+
+
 @contextmanager
 def deployed_pico(state: Path, name: str) -> Iterator[Pico]:
-    """Start a blank emulated Pico, deploy the firmware and create a secp256k1 identity."""
+    """Start an emulated Pico with the firmware image in its flash but one module,
+    deploy (which sends that one) and create a secp256k1 identity."""
+    held_back = flash_firmware_image(state)
     board = start_board("rpi-pico", name=name, state_dir=state, engine="rp2040")
     assert isinstance(board, Rp2040Board)
     try:
@@ -57,7 +77,7 @@ def deployed_pico(state: Path, name: str) -> Iterator[Pico]:
         deploy_s = time.monotonic() - start
         with open_session(ref) as s:
             ident = agent.identity_create(s, "secp256k1")
-        yield Pico(board, ref, result, ident, deploy_s)
+        yield Pico(board, ref, result, ident, deploy_s, held_back)
     finally:
         board.stop()
 

@@ -1,8 +1,8 @@
 """The rp2040 tier: the stock MicroPython Pico firmware on an emulated RP2040.
 
 One board for the module (the emulator runs the chip 20-50 times slower than
-silicon, so the deploy is paid once): started blank on the rp2040 engine, the
-firmware deployed over its serial port with the host's own ``deploy``, an
+silicon): started on the rp2040 engine with the firmware image in its flash but
+for one module, which the host's own ``deploy`` sends over the serial port, an
 identity created through the agent. Each test reads what it needs from that
 board and leaves it as it found it (same identity, same firmware), so the
 tests run in any order. Signatures are checked with independent host
@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from eth_account import Account
 from eth_account.messages import encode_defunct, encode_typed_data
 from ioconnect_host import agent
+from ioconnect_host.deploy import MANIFEST
 from ioconnect_host.ports import select_port
 from ioconnect_host.transport import TransportError
 from ioconnect_sim.launch import list_running
@@ -57,8 +58,9 @@ def _keccak_address(pub65: bytes) -> str:
 
 
 def test_deploy_put_the_firmware_on_the_stock_pico(pico: Pico) -> None:
-    sent = pico.deployed.files_sent
-    assert "ioconnect/agent.mpy" in sent and "ioconnect/tables/secp256k1.bin" in sent
+    # The board hashed its files and found the one module the image left out.
+    assert pico.deployed.files_sent == [pico.held_back, MANIFEST]
+    assert "ioconnect/agent.mpy" in pico.deployed.files_skipped
     assert pico.deployed.mpy_arch == "armv6m"  # compiled for the Cortex-M0+ it runs on
     with pico.session() as s:
         info = s.info()
