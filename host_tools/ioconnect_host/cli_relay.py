@@ -22,7 +22,7 @@ from .errors import IoconnectError
 from .inventory import Inventory, default_inventory_path
 from .node import Approver, Node, serve
 from .paths import home
-from .relay import RelayError
+from .relay import DEFAULT_WORKERS, RelayError
 from .relay_serial import check_serial_spec
 from .relay_service import RelayOptions, RelayService
 from .relay_store import describe_store, is_postgres_url
@@ -236,7 +236,12 @@ def add_relay_commands(sub: Sub) -> None:
         help="also relay devices' sprout messages (topic ioconnect/<project>/<address>/messages, "
         'data a JSON object with "nonce") to this sprout endpoint (POST <URL>/message)',
     )
-    relay.add_argument("--workers", type=_positive, default=4, help="concurrent HTTP requests")
+    relay.add_argument(
+        "--workers",
+        type=_positive,
+        default=DEFAULT_WORKERS,
+        help=f"concurrent HTTP requests (default {DEFAULT_WORKERS})",
+    )
     relay.add_argument("--client-id", default="ioconnect-relay", help="MQTT client id")
     relay.add_argument("--ca", default=None, help="CA file for mqtts://")
     relay.add_argument(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .node import Approver
-from .relay import Forwarder, Relay
+from .relay import DEFAULT_WORKERS, Forwarder, Relay
 from .relay_mqtt import MqttFront
 from .relay_serial import SerialFront
 from .relay_store import open_store
@@ -42,7 +42,7 @@ class RelayOptions:
     store: Path | str  # a SQLite file, or a postgresql:// URL
     projects: frozenset[str] | None = None
     signed_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    workers: int = 4
+    workers: int = DEFAULT_WORKERS
     client_id: str = "ioconnect-relay"
     ca_file: str | None = None
     metrics_port: int | None = None  # None: no /metrics endpoint; 0: any free port
