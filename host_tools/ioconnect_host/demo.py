@@ -286,7 +286,7 @@ def run_demo(
             time.sleep(0.5)
             refresh()
         stop_at = time.time()
-        say("stopped sampling count; waiting for the last readings")
+        say("time is up: readings signed from now on are not counted; waiting for the last ones")
         deadline = time.monotonic() + opts.settle_s
         while time.monotonic() < deadline:
             refresh()
