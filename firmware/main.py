@@ -51,6 +51,14 @@ except KeyboardInterrupt:
 except Exception as e:  # never a traceback loop at boot: the REPL stays reachable
     print("ioconnect: startup failed:", e)
 finally:
-    forget(_keep | {"ioconnect"})
+    # Hosts send two Ctrl-Cs (a program may catch the first): the second may land
+    # here, and a cleanup it cut short would leave the loop's modules loaded for
+    # the agent's requests to squeeze beside. Finish it whatever arrives.
+    while True:
+        try:
+            forget(_keep | {"ioconnect"})
+            break
+        except KeyboardInterrupt:
+            pass
 del _keep, _hello, _provisioned, forget
 gc.collect()
