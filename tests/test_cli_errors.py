@@ -231,6 +231,17 @@ NO_BOARD_NEEDED = [
         1,
         "no identity in {tmp}/none (create one with `ioconnect identity new`)",
     ),
+    # flash: the command line is checked before any port is looked for
+    (
+        ["flash", "--board", "nosuch", "--firmware", "{tmp}/file"],
+        1,
+        "unknown board 'nosuch' (known boards: esp32, esp32-c3, esp32-s3, rpi-pico, rpi-pico-w)",
+    ),
+    (
+        ["flash", "--board", "esp32", "--firmware", "{tmp}/none.bin"],
+        2,
+        "--firmware {tmp}/none.bin: no such file",
+    ),
 ]
 
 

@@ -94,19 +94,21 @@ def _flash(args: argparse.Namespace) -> int:
     from .boards import load_board
     from .ports import select_port
 
+    # What the command line says is checked before any port is touched.
+    if not args.firmware.is_file():
+        raise UsageError(f"--firmware {args.firmware}: no such file")
+    named = load_board(args.board) if args.board else None
     # In BOOTSEL a real board has no serial port: only a given one is looked up.
     ref = None if args.bootsel_only and not args.port else select_port(args.port)
-    name = args.board or (ref.board if ref else None)
+    name = named.name if named else (ref.board if ref else None)
     if name is None:
         raise UsageError("give --board: the port does not say which board it is")
-    board = load_board(name)
+    board = named or load_board(name)
     flasher = FLASHERS.get(board.flash.firmware_format)
     if flasher is None:
         raise UsageError(
             f"flashing {board.flash.firmware_format} images ({board.name}) is not available here"
         )
-    if not args.firmware.is_file():
-        raise UsageError(f"--firmware {args.firmware}: no such file")
     report = flasher(board, args, ref)
     if args.json:
         print(json.dumps(report))
