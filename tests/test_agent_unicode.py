@@ -123,7 +123,10 @@ def test_eip191_signs_the_utf8_of_the_text(
         assert eth_signer(text, out["signature"]) == address, text
 
 
-def test_eip191_of_an_emoji_is_not_the_cesu8_signature(board: SerialTransport) -> None:
+def test_eip191_of_an_emoji_is_not_the_cesu8_signature(
+    board: SerialTransport, address: str
+) -> None:
+    # `address`: the module's identity is made before signing (in any test order).
     # The defect as it was: the same signature as over eda0bded b880.
     out = agent.sign(board, "eip191", payload="\U0001f600")
     cesu = encode_defunct(primitive=bytes.fromhex("eda0bdedb880"))

@@ -10,6 +10,7 @@ import json
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -554,7 +555,7 @@ from ioconnect.deliver import Delivery, topics
 cfg = json.load(open("cases.json"))
 ob = Outbox("outbox")
 tasks, acks = topics("42", cfg["addr"])
-d = Delivery(ob, client_id=cfg["addr"], host="127.0.0.1", port=cfg["port"],
+d = Delivery(ob, client_id=cfg["client"], host="127.0.0.1", port=cfg["port"],
              tasks_topic=tasks, acks_topic=acks, timeout_ms=3000)
 t0 = time.ticks_ms()
 while len(ob) and time.ticks_diff(time.ticks_ms(), t0) < 30000:
@@ -564,7 +565,11 @@ print(json.dumps({"pending": ob.pending(), "stats": d.stats}))
     (tmp_path / "relay").mkdir()
     pipe = Pipeline(tmp_path / "relay", broker.port)
     try:
-        [res] = device(code, {"port": broker.port, "addr": DEVICE}, fs_dir=fs)
+        # A client id of its own: the broker is shared by the test session, and a
+        # session another test left under the device's address would hand over
+        # that test's acks (a full run once saw 3 refusals where 1 is due).
+        client = f"{DEVICE}-{uuid.uuid4().hex[:8]}"
+        [res] = device(code, {"port": broker.port, "addr": DEVICE, "client": client}, fs_dir=fs)
         tasks = wait_tasks(pipe.node, 5)
     finally:
         pipe.close()
