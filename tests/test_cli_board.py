@@ -14,11 +14,11 @@ from pathlib import Path
 
 import coincurve
 import pytest
+from clirun import error_message, run_cli
 from Crypto.Hash import keccak
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from ioconnect_host.boards import list_boards, load_board
-from ioconnect_host.cli import main
 from ioconnect_sim.launch import start_board
 from ioconnect_sim.supervisor import VirtualBoard
 
@@ -30,23 +30,10 @@ else:  # pragma: no cover
 BOARDS = list_boards()
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def ok_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
-    code, out, err = run(capsys, *argv, "--json")
+    code, out, err = run_cli(capsys, *argv, "--json")
     assert code == 0, err
     return json.loads(out)
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("ioconnect: error: "), err
-    return lines[0][len("ioconnect: error: ") :]
 
 
 def k256(data: bytes) -> bytes:
@@ -112,30 +99,30 @@ def test_board_json_is_compact(pico: VirtualBoard) -> None:
 
 def test_identity_commands(pico: VirtualBoard, capsys: pytest.CaptureFixture[str]) -> None:
     port = pico.port
-    code, _, err = run(capsys, "identity", "show", "--port", port)
+    code, _, err = run_cli(capsys, "identity", "show", "--port", port)
     if code == 0:  # another test of this module made one already: start afresh
-        run(capsys, "identity", "rotate", "--port", port)
+        run_cli(capsys, "identity", "rotate", "--port", port)
     created = ok_json(capsys, "identity", "rotate", "--port", port, "--curve", "secp256k1")
     assert isinstance(created, dict)
     pub = bytes.fromhex(created["public_key"])
     assert created["address"] == "0x" + k256(pub[1:])[12:].hex()
     assert ok_json(capsys, "identity", "show", "--port", port) == created
-    code, _, err = run(capsys, "identity", "create", "--port", port)
+    code, _, err = run_cli(capsys, "identity", "create", "--port", port)
     assert code == 1
-    assert one_error_line(err) == "identity_exists: identity exists; rotate to replace"
+    assert error_message(err) == "identity_exists: identity exists; rotate to replace"
     doc = ok_json(capsys, "identity", "diddoc", "--port", port)
     assert isinstance(doc, dict) and doc["id"] == created["did"]
 
     rotated = ok_json(capsys, "identity", "rotate", "--port", port, "--curve", "ed25519")
     assert isinstance(rotated, dict)
     assert rotated["curve"] == "ed25519" and rotated["did"].startswith("did:key:z6Mk")
-    code, out, _ = run(capsys, "identity", "show", "--port", port)
+    code, out, _ = run_cli(capsys, "identity", "show", "--port", port)
     assert code == 0 and f"DID:           {rotated['did']}" in out.splitlines()
     # --dir and --port are two different devices: not both
-    code, _, err = run(capsys, "identity", "show", "--port", port, "--dir", "x")
+    code, _, err = run_cli(capsys, "identity", "show", "--port", port, "--dir", "x")
     assert code == 1
-    assert one_error_line(err) == "identity show takes --dir or --port, not both"
-    run(capsys, "identity", "rotate", "--port", port)  # back to secp256k1 for the others
+    assert error_message(err) == "identity show takes --dir or --port, not both"
+    run_cli(capsys, "identity", "rotate", "--port", port)  # back to secp256k1 for the others
 
 
 def test_rotate_after_requests_on_esp32(tmp_path: Path) -> None:
@@ -200,15 +187,15 @@ def test_sign_is_checked_on_the_host(
     )  # fmt: skip
     assert isinstance(permit, dict) and permit["verified_by_host"] is True
 
-    code, _, err = run(capsys, "sign", "eip191", "--port", port, "--payload-hex", "zz")
-    assert code == 1 and one_error_line(err) == "--payload-hex 'zz' is not hex"
-    code, _, err = run(capsys, "sign", "sprout", "--port", port, "--project-id", "x1")
-    assert code == 1 and one_error_line(err) == "--project-id 'x1' must be a decimal number"
-    code, _, err = run(
+    code, _, err = run_cli(capsys, "sign", "eip191", "--port", port, "--payload-hex", "zz")
+    assert code == 1 and error_message(err) == "--payload-hex 'zz' is not hex"
+    code, _, err = run_cli(capsys, "sign", "sprout", "--port", port, "--project-id", "x1")
+    assert code == 1 and error_message(err) == "--project-id 'x1' must be a decimal number"
+    code, _, err = run_cli(
         capsys, "sign", "w3bstream", "--port", port, "--nonce", "0", "--project-id", "1",
         "--payload", "{}",
     )  # fmt: skip
-    assert code == 1 and one_error_line(err) == "invalid_argument: nonce must be non-zero"
+    assert code == 1 and error_message(err) == "invalid_argument: nonce must be non-zero"
 
 
 def test_config_get_set_and_bad_values(
@@ -229,7 +216,7 @@ def test_config_get_set_and_bad_values(
     got = ok_json(capsys, "config", "get", "--port", port)
     assert isinstance(got, dict)
     assert got["mqtt.port"] == 8883 and got["wifi.password"] == "<set>"
-    code, out, _ = run(capsys, "config", "get", "--port", port, "device.name")
+    code, out, _ = run_cli(capsys, "config", "get", "--port", port, "device.name")
     assert code == 0 and out == "1234\n"
 
     bad = [
@@ -244,11 +231,11 @@ def test_config_get_set_and_bad_values(
         (["mqtt.port", "1", "--unset"], "config set takes KEY VALUE, or KEY --unset"),
     ]  # fmt: skip
     for argv, message in bad:
-        code, _, err = run(capsys, "config", "set", "--port", port, *argv)
+        code, _, err = run_cli(capsys, "config", "set", "--port", port, *argv)
         assert code == 1, argv
-        assert one_error_line(err) == message
-    code, _, err = run(capsys, "config", "get", "--port", port, "nope")
-    assert code == 1 and one_error_line(err) == "invalid_config: unknown setting 'nope'"
+        assert error_message(err) == message
+    code, _, err = run_cli(capsys, "config", "get", "--port", port, "nope")
+    assert code == 1 and error_message(err) == "invalid_config: unknown setting 'nope'"
     assert ok_json(capsys, "config", "get", "--port", port, "mqtt.port") == 8883  # unchanged
     assert ok_json(capsys, "config", "set", "--port", port, "mqtt.port", "--unset") == {
         "mqtt.port": None
@@ -258,11 +245,11 @@ def test_config_get_set_and_bad_values(
 def test_missing_firmware_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with start_board("rpi-pico", name="cli-bare", state_dir=tmp_path) as vb:
         shutil.move(vb.config.flash_dir / "ioconnect", tmp_path / "ioconnect.off")
-        code, _, err = run(
+        code, _, err = run_cli(
             capsys, "provision", "--port", vb.port, "--project-id", "1", "--no-deploy"
         )
         assert code == 1
-        line = one_error_line(err)
+        line = error_message(err)
         assert line.startswith(f"{vb.port}: the ioconnect firmware is missing on this board")
         assert line.endswith("(deploy the firmware first)")
         # `ports` still says what answers there: MicroPython without our firmware
@@ -278,7 +265,7 @@ def test_missing_firmware_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "sign", "nosuch")
+    code, _, err = run_cli(capsys, "sign", "nosuch")
     assert code == 2 and "invalid choice: 'nosuch'" in err
-    code, _, err = run(capsys, "config")
+    code, _, err = run_cli(capsys, "config")
     assert code == 2

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clirun import run_cli
 from ioconnect_host import agent
 from ioconnect_host.cli import build_parser, main
 from ioconnect_host.transport import SerialTransport
@@ -42,12 +43,6 @@ def _commands() -> list[str]:
 
 
 COMMANDS = _commands()
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
@@ -255,7 +250,7 @@ def test_bad_input_is_one_line(
     (tmp_path / "file").write_text("kept")
     before = sorted(tmp_path.rglob("*"))
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    assert run(capsys, *argv) == (
+    assert run_cli(capsys, *argv) == (
         code,
         "",
         f"ioconnect: error: {line.replace('{tmp}', str(tmp_path))}\n",
@@ -278,13 +273,13 @@ def test_a_folder_the_os_refuses(capsys: pytest.CaptureFixture[str], home: Path)
     # /sys refuses new folders even to root (EPERM, or EROFS in containers).
     refused = Path("/sys/ioconnect-test")
     why = _mkdir_error(refused)
-    code, out, err = run(capsys, "identity", "new", "--dir", str(refused), "--json")
+    code, out, err = run_cli(capsys, "identity", "new", "--dir", str(refused), "--json")
     assert (code, out, err) == (
         1,
         "",
         f"ioconnect: error: cannot create {refused}: {why} ({DIR_FIX})\n",
     )
-    code, out, err = run(capsys, "sim", "start", "--board", "esp32", "--state", str(refused))
+    code, out, err = run_cli(capsys, "sim", "start", "--board", "esp32", "--state", str(refused))
     assert (code, out) == (2, "")
     assert err == f"ioconnect: error: cannot create --state {refused}: {why} ({STATE_FIX})\n"
 
@@ -323,12 +318,12 @@ def test_read_only_and_unreadable_folders(
     monkeypatch.setenv("IOCONNECT_HOME", str(top / "home"))  # none yet: no board runs
     try:
         with unprivileged():
-            new_ro = run(capsys, "identity", "new", "--dir", str(ro), "--json")
-            new_sub = run(capsys, "identity", "new", "--dir", str(ro / "sub"))
-            show_closed = run(capsys, "identity", "show", "--dir", str(closed), "--json")
-            start_ro = run(capsys, "sim", "start", "--board", "esp32", "--state", str(ro))
+            new_ro = run_cli(capsys, "identity", "new", "--dir", str(ro), "--json")
+            new_sub = run_cli(capsys, "identity", "new", "--dir", str(ro / "sub"))
+            show_closed = run_cli(capsys, "identity", "show", "--dir", str(closed), "--json")
+            start_ro = run_cli(capsys, "sim", "start", "--board", "esp32", "--state", str(ro))
             monkeypatch.setenv("IOCONNECT_HOME", str(closed))  # the registry of boards
-            list_closed = run(capsys, "sim", "list", "--json")
+            list_closed = run_cli(capsys, "sim", "list", "--json")
         assert new_ro == (
             1, "", f"ioconnect: error: cannot write a key in {ro}: permission denied ({DIR_FIX})\n"
         )  # fmt: skip
@@ -393,7 +388,7 @@ def floor(floor_board: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_the_heap_floor_is_enough_for_the_firmware(
     capsys: pytest.CaptureFixture[str], floor: Path
 ) -> None:
-    _, out, _ = run(capsys, "sim", "list", "--json")
+    _, out, _ = run_cli(capsys, "sim", "list", "--json")
     [rec] = json.loads(out)
     with SerialTransport(rec["port"], byte_timeout_s=5.0) as t:
         assert agent.info(t)["api"] == agent.API_VERSION
@@ -420,7 +415,7 @@ def test_fault_refusals_name_the_fix(capsys: pytest.CaptureFixture[str], floor: 
     before = faults.read_bytes() if faults.exists() else None
     for extra, line in cases:
         for json_flag in ([], ["--json"]):
-            assert run(capsys, "sim", "fault", "floor", *extra, *json_flag) == (
+            assert run_cli(capsys, "sim", "fault", "floor", *extra, *json_flag) == (
                 2, "", f"ioconnect: error: {line}\n"
             )  # fmt: skip
     assert (faults.read_bytes() if faults.exists() else None) == before  # nothing half-applied
@@ -430,15 +425,15 @@ def test_sensor_faults_add_up_and_print_json(
     capsys: pytest.CaptureFixture[str], floor: Path
 ) -> None:
     # A second --sensor used to replace the first one's fault.
-    code, out, err = run(capsys, "sim", "fault", "floor", "--sensor", "temperature", "--json")
+    code, out, err = run_cli(capsys, "sim", "fault", "floor", "--sensor", "temperature", "--json")
     assert (code, err) == (0, "")
     assert json.loads(out)["faults"]["sensors"]["temperature"] == "fail"
-    code, out, err = run(capsys, "sim", "fault", "floor", "--sensor", "climate=fail", "--json")
+    code, out, err = run_cli(capsys, "sim", "fault", "floor", "--sensor", "climate=fail", "--json")
     assert (code, err) == (0, "")
     got = json.loads(out)
     assert got["name"] == "floor" and got["power_cut"] is False
     assert got["faults"]["sensors"] == {"temperature": "fail", "climate": "fail"}
-    code, out, err = run(capsys, "sim", "fault", "floor", "--sensor", "temperature=ok",
+    code, out, err = run_cli(capsys, "sim", "fault", "floor", "--sensor", "temperature=ok",
                          "--sensor", "climate=ok")  # fmt: skip
     assert (code, err) == (0, "")
     assert out == "floor: sensors={'temperature': 'ok', 'climate': 'ok'}\n"
@@ -448,17 +443,17 @@ def test_sensor_faults_add_up_and_print_json(
 
 def test_state_folder_and_name_in_use(capsys: pytest.CaptureFixture[str], floor: Path) -> None:
     state = floor / "sims" / "floor"
-    code, out, err = run(capsys, "sim", "start", "--board", "esp32", "--name", "other",
+    code, out, err = run_cli(capsys, "sim", "start", "--board", "esp32", "--name", "other",
                          "--state", str(state), "--detach")  # fmt: skip
     assert (code, out) == (2, "")
     assert err == (
         f"ioconnect: error: --state {state} is in use by virtual board 'floor' "
         "(stop it first (`ioconnect sim stop floor`) or use another folder)\n"
     )
-    code, out, err = run(capsys, "sim", "list", "--json")
+    code, out, err = run_cli(capsys, "sim", "list", "--json")
     [rec] = json.loads(out)
     for detach in ([], ["--detach"]):
-        assert run(capsys, "sim", "start", "--board", "esp32", "--name", "floor", *detach) == (
+        assert run_cli(capsys, "sim", "start", "--board", "esp32", "--name", "floor", *detach) == (
             1, "", f"ioconnect: error: a virtual board named 'floor' is already running on "
             f"{rec['port']}\n"
         )  # fmt: skip
@@ -470,10 +465,10 @@ def test_wifi_fault_on_a_board_without_wifi(capsys: pytest.CaptureFixture[str], 
     try:
         capsys.readouterr()
         for json_flag in ([], ["--json"]):
-            assert run(capsys, "sim", "fault", "nowifi", "--wifi", "down", *json_flag) == (
+            assert run_cli(capsys, "sim", "fault", "nowifi", "--wifi", "down", *json_flag) == (
                 2, "", "ioconnect: error: --wifi: nowifi (rpi-pico) has no Wi-Fi\n"
             )  # fmt: skip
-        code, out, err = run(capsys, "sim", "stop", "nowifi", "--json")
+        code, out, err = run_cli(capsys, "sim", "stop", "nowifi", "--json")
         assert (code, err) == (0, "")
         stopped = json.loads(out)["stopped"]
         assert stopped["name"] == "nowifi" and stopped["board"] == "rpi-pico"
@@ -483,7 +478,7 @@ def test_wifi_fault_on_a_board_without_wifi(capsys: pytest.CaptureFixture[str], 
             ["stop", "nowifi", "--json"],
             ["fault", "nowifi", "--power-cut"],
         ):
-            assert run(capsys, "sim", *argv) == (
+            assert run_cli(capsys, "sim", *argv) == (
                 1, "", "ioconnect: error: no virtual board named 'nowifi' is running "
                 "(see `ioconnect sim list`)\n"
             )  # fmt: skip

@@ -16,6 +16,7 @@ import base58
 import bech32
 import coincurve
 import pytest
+from clirun import run_cli
 from conftest import RunDevice
 from Crypto.Hash import keccak
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -37,12 +38,6 @@ with open("identity.key", "rb") as f:
 
 def b64u(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def check_identity(data: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clirun import error_line, run_cli
 from ioconnect_host import agent
 from ioconnect_host.cli import main
 from ioconnect_host.transport import SerialTransport, TransportError
@@ -25,14 +26,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     main(["sim", "stop", "cli-dev"])  # never leave a detached board behind
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_detached_board_lifecycle(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys, "sim", "start", "--board", "rpi-pico", "--name", "cli-dev", "--detach", "--json"
     )
     assert code == 0
@@ -40,25 +35,27 @@ def test_detached_board_lifecycle(home: Path, capsys: pytest.CaptureFixture[str]
     assert started["name"] == "cli-dev" and started["port"].startswith("/dev/pts/")
     assert Path(started["state_dir"]) == home / "sims" / "cli-dev"
 
-    code, out, _ = run(capsys, "sim", "list", "--json")
+    code, out, _ = run_cli(capsys, "sim", "list", "--json")
     [listed] = json.loads(out)
     assert listed["port"] == started["port"] and listed["board"] == "rpi-pico"
 
     # one board per name: a second start is refused with one line
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "sim", "start", "--board", "rpi-pico", "--name", "cli-dev", "--detach"
     )
     assert code == 1
-    assert err.strip().splitlines() == [
+    assert error_line(err) == (
         f"ioconnect: error: a virtual board named 'cli-dev' is already running on {started['port']}"
-    ]
+    )
 
     with SerialTransport(started["port"]) as t:
         assert agent.info(t)["board"] == "Raspberry Pi Pico with RP2040"  # os.uname().machine
         t.exec("marker = 123")  # lives in RAM: a power cut loses it
 
     # a power cut from another process: the board boots again with a power-on reset
-    code, out, _ = run(capsys, "sim", "fault", "cli-dev", "--power-cut", "--sensor", "temperature")
+    code, out, _ = run_cli(
+        capsys, "sim", "fault", "cli-dev", "--power-cut", "--sensor", "temperature"
+    )
     assert code == 0 and "power cut" in out
     # SIGUSR1 is asynchronous: until the marker is gone we may still see the old VM.
     deadline = time.monotonic() + 10
@@ -76,16 +73,16 @@ def test_detached_board_lifecycle(home: Path, capsys: pytest.CaptureFixture[str]
     assert kept is False
     assert b"EIO" in err or b"OSError: 5" in err
 
-    code, out, _ = run(capsys, "sim", "stop", "cli-dev")
+    code, out, _ = run_cli(capsys, "sim", "stop", "cli-dev")
     assert code == 0 and out.strip() == "stopped cli-dev"
-    code, out, _ = run(capsys, "sim", "list")
+    code, out, _ = run_cli(capsys, "sim", "list")
     assert out.strip() == "no virtual boards running"
-    code, _, err = run(capsys, "sim", "stop", "cli-dev")
+    code, _, err = run_cli(capsys, "sim", "stop", "cli-dev")
     assert code == 1 and "no virtual board named 'cli-dev' is running" in err
 
 
 def test_unknown_board_is_a_usage_error(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "sim", "start", "--board", "arduino-uno")
+    code, _, err = run_cli(capsys, "sim", "start", "--board", "arduino-uno")
     assert code == 2
     assert "invalid choice: 'arduino-uno'" in err
 
@@ -116,14 +113,14 @@ def test_foreground_start_prints_port_and_stops_on_sigint(home: Path) -> None:
 def test_one_board_per_state_folder(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Two VMs writing one flash would lose data: the second start is refused, by name or not.
     state = home / "shared-state"
-    code, _, _ = run(
+    code, _, _ = run_cli(
         capsys, "sim", "start", "--board", "esp32", "--name", "cli-dev", "--state", str(state),
         "--detach",
     )  # fmt: skip
     assert code == 0
     with pytest.raises(StateInUseError, match="in use by another virtual board"):
         start_board("esp32", name="other-name", state_dir=state)
-    code, _, _ = run(capsys, "sim", "stop", "cli-dev")
+    code, _, _ = run_cli(capsys, "sim", "stop", "cli-dev")
     assert code == 0
     vb = start_board("esp32", name="other-name", state_dir=state)  # free again
     vb.stop()

@@ -18,29 +18,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clirun import error_message, run_cli
 from espimage import app_image, merged_image, wait_until
 from ioconnect_host import agent
 from ioconnect_host.boards import load_board
-from ioconnect_host.cli import main
 from ioconnect_host.flash_esp import FlashError, flash_esp
 from ioconnect_host.ports import select_port
 from ioconnect_host.transport import SerialTransport
 from ioconnect_sim.flashfs import FLASH_FILE
 from ioconnect_sim.launch import start_board, start_detached, stop_running
 from ioconnect_sim.supervisor import VirtualBoard
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("ioconnect: error: "), err
-    return lines[0][len("ioconnect: error: ") :]
 
 
 @pytest.fixture
@@ -61,7 +48,7 @@ def test_flash_merged_image_then_the_board_mounts_its_filesystem(
     board = load_board(esp.config.board["name"])  # type: ignore[arg-type]
     image = merged_image(board, {"hello.txt": b"from the image", "lib/x.py": b"X = 42\n"})
     (tmp_path / "m.bin").write_bytes(image)
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "flash", "--board", board.name, "--firmware", str(tmp_path / "m.bin"),
         "-p", f"sim:{esp.config.name}", "--json",
     )  # fmt: skip
@@ -85,7 +72,7 @@ def test_image_build_flash_boot_provision_end_to_end(
     # config) -> `flash` -> boot -> `provision`, each the real command.
     (tmp_path / "mp.bin").write_bytes(app_image("esp32", b"\x5a" * 4096))
     (tmp_path / "config.json").write_text(json.dumps({"device.name": "line-9"}))
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "image", "build", "--board", "esp32", "--firmware", str(tmp_path / "mp.bin"),
         "--config", str(tmp_path / "config.json"), "--mpy-arch", "host",
         "-o", str(tmp_path / "fw.bin"),
@@ -94,13 +81,13 @@ def test_image_build_flash_boot_provision_end_to_end(
     # Not the firmware the virtual board was made with: prove the flashed one is used.
     with SerialTransport(esp.port) as t:
         t.exec("import os; os.remove('boot.py')")
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "flash", "--board", "esp32", "--firmware", str(tmp_path / "fw.bin"),
         "-p", f"sim:{esp.config.name}",
     )  # fmt: skip
     assert code == 0, err
     booted(esp)
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "provision", "--port", esp.port, "--project-id", "7",
         "--inventory", str(tmp_path / "inv.sqlite3"), "--out", str(tmp_path / "b.json"), "--json",
     )  # fmt: skip
@@ -120,28 +107,30 @@ def test_reflash_keeps_identity_and_erase_needs_erase_identity(
     app = tmp_path / "app.bin"
     app.write_bytes(app_image("esp32"))  # the app alone: the filesystem is not in the image
     port = f"sim:{esp.config.name}"
-    code, _, err = run(capsys, "flash", "--board", "esp32", "--firmware", str(app), "-p", port)
+    code, _, err = run_cli(capsys, "flash", "--board", "esp32", "--firmware", str(app), "-p", port)
     assert code == 0, err
     booted(esp)
     with SerialTransport(esp.port) as t:
         assert agent.identity_show(t)["did"] == did
     merged = tmp_path / "merged.bin"  # brings its own filesystem: the key would go
     merged.write_bytes(merged_image(load_board("esp32"), {"x.txt": b"x"}))
-    code, _, err = run(capsys, "flash", "--board", "esp32", "--firmware", str(merged), "-p", port)
+    code, _, err = run_cli(
+        capsys, "flash", "--board", "esp32", "--firmware", str(merged), "-p", port
+    )
     assert code == 1
-    assert "this image (it holds a filesystem) would DESTROY" in one_error_line(err)
+    assert "this image (it holds a filesystem) would DESTROY" in error_message(err)
     esp.reset()
     booted(esp)
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "flash", "--board", "esp32", "--firmware", str(app), "-p", port, "--erase"
     )
     assert code == 1
-    assert "--erase would DESTROY this device's identity key" in one_error_line(err)
+    assert "--erase would DESTROY this device's identity key" in error_message(err)
     esp.reset()  # the refused erase left it in download mode
     booted(esp)
     with SerialTransport(esp.port) as t:
         assert agent.identity_show(t)["did"] == did
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "flash", "--board", "esp32", "--firmware", str(app), "-p", port,
         "--erase", "--erase-identity", "--json",
     )  # fmt: skip
@@ -157,20 +146,20 @@ def test_wrong_chip_image_is_refused_before_the_board_is_touched(
     esp: VirtualBoard, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "s3.bin").write_bytes(app_image("esp32s3"))
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "flash", "--board", "esp32", "--firmware", str(tmp_path / "s3.bin"),
         "-p", f"sim:{esp.config.name}",
     )  # fmt: skip
     assert code == 1
-    assert one_error_line(err).startswith("the image is for esp32s3, not esp32 (--board esp32)")
+    assert error_message(err).startswith("the image is for esp32s3, not esp32 (--board esp32)")
     assert not esp.in_download_mode and not (esp.config.state_dir / FLASH_FILE).exists()
     (tmp_path / "junk.bin").write_bytes(b"MZ" + bytes(100))
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "flash", "--board", "esp32", "--firmware", str(tmp_path / "junk.bin"),
         "-p", f"sim:{esp.config.name}",
     )  # fmt: skip
     assert code == 1
-    assert one_error_line(err).startswith("not an ESP firmware image: it starts with 0x4d")
+    assert error_message(err).startswith("not an ESP firmware image: it starts with 0x4d")
 
 
 @pytest.mark.parametrize("esp", ["esp32-s3"], indirect=True)
@@ -178,12 +167,12 @@ def test_a_board_of_another_chip_is_refused(
     esp: VirtualBoard, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "e.bin").write_bytes(app_image("esp32"))
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "flash", "--board", "esp32", "--firmware", str(tmp_path / "e.bin"),
         "-p", f"sim:{esp.config.name}",
     )  # fmt: skip
     assert code == 1
-    assert one_error_line(err).startswith(f"the board on {esp.port} is an ESP32-S3, not esp32")
+    assert error_message(err).startswith(f"the board on {esp.port} is an ESP32-S3, not esp32")
     assert (esp.config.state_dir / FLASH_FILE).read_bytes()[:1] == b"\xff"  # nothing written
 
 
@@ -205,7 +194,7 @@ def test_garbage_on_the_line_is_one_line_error(
     thread.start()
     (tmp_path / "e.bin").write_bytes(app_image("esp32"))
     try:
-        code, _, err = run(
+        code, _, err = run_cli(
             capsys, "flash", "--board", "esp32", "--firmware", str(tmp_path / "e.bin"),
             "-p", port,
         )  # fmt: skip
@@ -215,7 +204,7 @@ def test_garbage_on_the_line_is_one_line_error(
         os.close(master)
         os.close(slave)
     assert code == 1
-    assert one_error_line(err).startswith(f"no ESP ROM loader answered on {port}")
+    assert error_message(err).startswith(f"no ESP ROM loader answered on {port}")
 
 
 def test_unplugged_mid_transfer_is_one_line_error(tmp_path: Path) -> None:

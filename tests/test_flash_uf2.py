@@ -12,25 +12,13 @@ import struct
 from pathlib import Path
 
 import pytest
+from clirun import error_line, run_cli
 from ioconnect_host import agent
 from ioconnect_host.cli import main
 from ioconnect_host.transport import SerialTransport
 from ioconnect_sim.flashfs import flash_path
 from ioconnect_sim.launch import start_board
 from uf2check import pico_firmware
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("ioconnect: error: "), err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +39,7 @@ def test_flash_asks_the_bootloader_copies_and_the_board_returns(
     state = tmp_path / "st"
     # A blank board running MicroPython only: flashing gives it our firmware.
     with start_board("rpi-pico", name="flash-a", state_dir=state, install_firmware=False) as vb:
-        code, out, err = run(
+        code, out, err = run_cli(
             capsys, "flash", "-p", "sim:flash-a", "--firmware", str(image), "--json"
         )
         assert code == 0, err
@@ -65,18 +53,20 @@ def test_flash_asks_the_bootloader_copies_and_the_board_returns(
             ident = agent.identity_create(t, "secp256k1")
 
         # The identity lives in the filesystem: an image bringing its own is refused...
-        code, _, err = run(capsys, "flash", "-p", "sim:flash-a", "--firmware", str(image))
+        code, _, err = run_cli(capsys, "flash", "-p", "sim:flash-a", "--firmware", str(image))
         assert code != 0
-        line = one_error_line(err)
+        line = error_line(err)
         assert ident["did"] in line and "--erase-identity" in line
         assert not (state / "RPI-RP2").exists()  # the board was not touched
         # ...MicroPython alone keeps it...
-        code, _, err = run(capsys, "flash", "-p", "sim:flash-a", "--firmware", str(pico_firmware()))
+        code, _, err = run_cli(
+            capsys, "flash", "-p", "sim:flash-a", "--firmware", str(pico_firmware())
+        )
         assert code == 0, err
         with SerialTransport(vb.port) as t:
             assert agent.info(t)["identity"]["did"] == ident["did"]
         # ...and --erase-identity says so loudly and replaces it.
-        code, _, err = run(
+        code, _, err = run_cli(
             capsys, "flash", "-p", "sim:flash-a", "--firmware", str(image), "--erase-identity"
         )
         assert code == 0 and f"WARNING: erasing the identity {ident['did']}" in err
@@ -100,8 +90,8 @@ def test_bad_uf2_is_refused_before_the_board_is_touched(
         for name, (bad, says) in cases.items():
             path = tmp_path / name
             path.write_bytes(bad)
-            code, _, err = run(capsys, "flash", "-p", "sim:flash-b", "--firmware", str(path))
-            assert code != 0 and says in one_error_line(err), name
+            code, _, err = run_cli(capsys, "flash", "-p", "sim:flash-b", "--firmware", str(path))
+            assert code != 0 and says in error_line(err), name
         assert not (vb.config.state_dir / "RPI-RP2").exists()
         assert not flash_path(vb.config.state_dir).exists()
         with SerialTransport(vb.port) as t:
@@ -111,12 +101,12 @@ def test_bad_uf2_is_refused_before_the_board_is_touched(
 def test_no_drive_gives_the_steps_to_do_by_hand(
     image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "flash", "--board", "rpi-pico", "--bootsel-only", "--firmware", str(image),
         "--drive", str(tmp_path), "--timeout", "1",
     )  # fmt: skip
     assert code != 0
-    assert "no RPI-RP2 drive appeared" in one_error_line(err) and "hold its BOOTSEL" in err
+    assert "no RPI-RP2 drive appeared" in error_line(err) and "hold its BOOTSEL" in err
 
 
 def test_a_real_drive_is_found_by_its_info_file(tmp_path: Path) -> None:

@@ -15,27 +15,14 @@ from pathlib import Path
 
 import littlefs
 import pytest
+from clirun import error_line, run_cli
 from ioconnect_host.boards import load_board
-from ioconnect_host.cli import main
 from ioconnect_host.deploy import MANIFEST, firmware_files, read_manifest
 from uf2check import SPEC_FAMILY_FLAG, pico_firmware, uf2_blocks, uf2_flash
 
 PICO_SHA256 = "4dbcb0aa6be64a944ed73c71cea56d170f3149c601452e07e5af791dc29e292c"
 CONFIG = {"device.name": "line-7", "w3bstream.project_id": "42"}
 MPY_ARMV6M = 4  # sys.implementation._mpy >> 10 of an RP2040 build (py/persistentcode.h)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("ioconnect: error: "), err
-    return lines[0]
 
 
 def read_lfs(part: bytes, block_size: int) -> dict[str, bytes]:
@@ -71,7 +58,7 @@ def test_pico_uf2_reads_back(
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(CONFIG))
     out = tmp_path / "pico.uf2"
-    code, text, err = run(
+    code, text, err = run_cli(
         capsys, "image", "build", "--board", "rpi-pico", "--firmware", str(pico_uf2),
         "--config", str(cfg), "-o", str(out), "--json",
     )  # fmt: skip
@@ -125,7 +112,7 @@ def test_esp32_merged_bin_reads_back(tmp_path: Path, capsys: pytest.CaptureFixtu
     fw = tmp_path / "ESP32_GENERIC.bin"
     fw.write_bytes(esp32_standin(1_600_000))
     out = tmp_path / "esp32.bin"
-    code, text, err = run(
+    code, text, err = run_cli(
         capsys, "image", "build", "--board", "esp32", "--firmware", str(fw), "-o", str(out),
         "--json",
     )  # fmt: skip
@@ -172,11 +159,11 @@ def test_bad_pico_firmware_is_one_line_error(
     bad = tmp_path / "bad.uf2"
     bad.write_bytes(mangle(pico_uf2.read_bytes()))
     out = tmp_path / "out.uf2"
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "image", "build", "--board", "rpi-pico", "--firmware", str(bad), "-o", str(out)
     )
     assert code != 0
-    assert says in one_error_line(err), name
+    assert says in error_line(err), name
     assert not out.exists()
 
 
@@ -188,18 +175,18 @@ def test_firmware_into_the_filesystem_is_refused(
     struct.pack_into("<I", data, len(data) - 512 + 12, 0x100A0000)
     bad = tmp_path / "big.uf2"
     bad.write_bytes(data)
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "image", "build", "--board", "rpi-pico", "--firmware", str(bad),
         "-o", str(tmp_path / "o.uf2"),
     )  # fmt: skip
-    assert code != 0 and "outside 0x10000000..0x100a0000" in one_error_line(err)
+    assert code != 0 and "outside 0x10000000..0x100a0000" in error_line(err)
     esp = tmp_path / "big.bin"
     esp.write_bytes(esp32_standin(0x200000))
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "image", "build", "--board", "esp32", "--firmware", str(esp),
         "-o", str(tmp_path / "o.bin"),
     )  # fmt: skip
-    assert code != 0 and "runs into the filesystem at 0x200000" in one_error_line(err)
+    assert code != 0 and "runs into the filesystem at 0x200000" in error_line(err)
 
 
 def test_bad_config_is_one_line_error(
@@ -208,11 +195,11 @@ def test_bad_config_is_one_line_error(
     cfg = tmp_path / "c.json"
     for text, says in (("[1, 2]", "must be a JSON object"), ("{nope", "is not JSON")):
         cfg.write_text(text)
-        code, _, err = run(
+        code, _, err = run_cli(
             capsys, "image", "build", "--board", "rpi-pico", "--firmware", str(pico_uf2),
             "--config", str(cfg), "-o", str(tmp_path / "o.uf2"),
         )  # fmt: skip
-        assert code != 0 and says in one_error_line(err)
+        assert code != 0 and says in error_line(err)
 
 
 def test_pico_image_boots_on_the_emulated_rp2040(
@@ -230,7 +217,7 @@ def test_pico_image_boots_on_the_emulated_rp2040(
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(CONFIG))
     out = tmp_path / "pico.uf2"
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "image", "build", "--board", "rpi-pico", "--firmware", str(pico_uf2),
         "--config", str(cfg), "-o", str(out),
     )  # fmt: skip

@@ -11,7 +11,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
-from ioconnect_host.cli import main
+from clirun import error_message, run_cli
 from ioconnect_host.inventory import SCHEMA_VERSION, Device, Inventory, InventoryError
 
 A = Device(
@@ -40,19 +40,6 @@ B = replace(
     provisioned_at="2026-01-02T00:00:00Z",
     updated_at="2026-01-02T00:00:00Z",
 )
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("ioconnect: error: "), err
-    return lines[0][len("ioconnect: error: ") :]
 
 
 def test_record_is_idempotent_on_did(tmp_path: Path) -> None:
@@ -95,52 +82,56 @@ def test_export_csv_and_json_parse_back(tmp_path: Path, capsys: pytest.CaptureFi
     assert json.loads(inv.export("json")) == [asdict(A), asdict(B)]
 
     out = tmp_path / "devices.csv"
-    code, stdout, _ = run(capsys, "inventory", "export", "--inventory", str(path), "-o", str(out))
+    code, stdout, _ = run_cli(
+        capsys, "inventory", "export", "--inventory", str(path), "-o", str(out)
+    )
     assert code == 0 and stdout == ""
     assert list(csv.DictReader(out.open(newline=""))) == expect
-    code, stdout, _ = run(
+    code, stdout, _ = run_cli(
         capsys, "inventory", "export", "--inventory", str(path), "--format", "json",
         "--project-id", "7",
     )  # fmt: skip
     assert code == 0 and json.loads(stdout) == [asdict(B)]
-    code, stdout, _ = run(capsys, "inventory", "list", "--inventory", str(path), "--json")
+    code, stdout, _ = run_cli(capsys, "inventory", "list", "--inventory", str(path), "--json")
     assert json.loads(stdout) == [asdict(A), asdict(B)]
-    code, stdout, _ = run(capsys, "inventory", "show", A.did, "--inventory", str(path))
+    code, stdout, _ = run_cli(capsys, "inventory", "show", A.did, "--inventory", str(path))
     assert code == 0 and f"usb_serial:      {A.usb_serial}" in stdout.splitlines()
 
 
 def test_bad_inventories_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "none.sqlite3"
-    code, _, err = run(capsys, "inventory", "show", A.did, "--inventory", str(missing))
+    code, _, err = run_cli(capsys, "inventory", "show", A.did, "--inventory", str(missing))
     assert code == 1
-    assert one_error_line(err) == (
+    assert error_message(err) == (
         f"no inventory at {missing} (provision a device first, or pass --inventory)"
     )
-    code, out, _ = run(capsys, "inventory", "list", "--inventory", str(missing))
+    code, out, _ = run_cli(capsys, "inventory", "list", "--inventory", str(missing))
     assert code == 0 and out == "no devices\n"
 
     junk = tmp_path / "junk.sqlite3"
     junk.write_bytes(b"this is not a database" * 100)
-    code, _, err = run(capsys, "inventory", "list", "--inventory", str(junk))
+    code, _, err = run_cli(capsys, "inventory", "list", "--inventory", str(junk))
     assert code == 1
-    assert one_error_line(err) == f"inventory {junk} is unusable: file is not a database"
+    assert error_message(err) == f"inventory {junk} is unusable: file is not a database"
     assert junk.read_bytes() == b"this is not a database" * 100  # left as it was
 
     newer = tmp_path / "newer.sqlite3"
     sqlite3.connect(newer).execute("PRAGMA user_version = 99").connection.commit()
-    code, _, err = run(capsys, "inventory", "list", "--inventory", str(newer))
+    code, _, err = run_cli(capsys, "inventory", "list", "--inventory", str(newer))
     assert code == 1
-    assert one_error_line(err) == (
+    assert error_message(err) == (
         f"inventory {newer} has schema 99; this ioconnect knows 1 (update ioconnect)"
     )
 
     path = tmp_path / "inv.sqlite3"
     Inventory(path).record(A)
-    code, _, err = run(capsys, "inventory", "show", "0xbeef", "--inventory", str(path))
-    assert code == 1 and one_error_line(err) == f"no device 0xbeef in {path}"
-    code, _, err = run(capsys, "inventory", "export", "--inventory", str(path), "-o",
+    code, _, err = run_cli(capsys, "inventory", "show", "0xbeef", "--inventory", str(path))
+    assert code == 1 and error_message(err) == f"no device 0xbeef in {path}"
+    code, _, err = run_cli(capsys, "inventory", "export", "--inventory", str(path), "-o",
                        str(tmp_path / "no" / "dir.csv"))  # fmt: skip
     assert code == 1
-    assert one_error_line(err).startswith(f"cannot write {tmp_path / 'no' / 'dir.csv'}: ")
-    code, _, err = run(capsys, "inventory", "export", "--inventory", str(path), "--format", "xml")
+    assert error_message(err).startswith(f"cannot write {tmp_path / 'no' / 'dir.csv'}: ")
+    code, _, err = run_cli(
+        capsys, "inventory", "export", "--inventory", str(path), "--format", "xml"
+    )
     assert code == 2 and "invalid choice: 'xml'" in err

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ioconnect_host.cli import main
+from clirun import error_message, run_cli
 from ioconnect_host.ports import BoardRef, PortSelectionError, find_again, list_ports, select_port
 from ioconnect_host.session import open_session
 from ioconnect_host.transport import TransportError
@@ -24,19 +24,6 @@ from ioconnect_sim.launch import start_board, start_detached, stop_running
 
 NO_USB_BOARDS = not any(p.likely for p in list_ports(include_virtual=False))
 needs_no_usb = pytest.mark.skipif(not NO_USB_BOARDS, reason="a real USB board is plugged in")
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("ioconnect: error: "), err
-    return lines[0][len("ioconnect: error: ") :]
 
 
 @pytest.fixture
@@ -106,7 +93,7 @@ def pico(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_port_by_path_and_through_socket_bridge(
     pico: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run(capsys, "info", "--port", pico, "--json")
+    code, out, _ = run_cli(capsys, "info", "--port", pico, "--json")
     assert code == 0
     info = json.loads(out)
     pico_machine = "Raspberry Pi Pico with RP2040"  # os.uname().machine, as on a board
@@ -114,10 +101,10 @@ def test_port_by_path_and_through_socket_bridge(
 
     bridge = PtyBridge(pico)
     try:
-        code, out, err = run(capsys, "info", "--port", bridge.url, "--json")
+        code, out, err = run_cli(capsys, "info", "--port", bridge.url, "--json")
         assert code == 0, err
         assert json.loads(out)["board"] == pico_machine
-        code, out, err = run(capsys, "config", "get", "--port", bridge.url, "--json")
+        code, out, err = run_cli(capsys, "config", "get", "--port", bridge.url, "--json")
         assert code == 0, err
         assert isinstance(json.loads(out), dict)
     finally:
@@ -128,15 +115,15 @@ def test_ioconnect_port_variable_is_the_default(
     pico: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("IOCONNECT_PORT", pico)
-    code, out, _ = run(capsys, "info", "--json")
+    code, out, _ = run_cli(capsys, "info", "--json")
     assert code == 0 and json.loads(out)["port"] == pico
     # --port wins over the variable
     monkeypatch.setenv("IOCONNECT_PORT", "/dev/no-such-board")
-    code, out, _ = run(capsys, "info", "--port", pico, "--json")
+    code, out, _ = run_cli(capsys, "info", "--port", pico, "--json")
     assert code == 0 and json.loads(out)["port"] == pico
-    code, _, err = run(capsys, "info")
+    code, _, err = run_cli(capsys, "info")
     assert code == 1
-    assert one_error_line(err).startswith("no such serial port: /dev/no-such-board")
+    assert error_message(err).startswith("no such serial port: /dev/no-such-board")
 
 
 def test_a_port_where_nothing_answers_fails_in_seconds(
@@ -147,34 +134,34 @@ def test_a_port_where_nothing_answers_fails_in_seconds(
     try:
         path = os.ttyname(slave)
         start = time.monotonic()
-        code, _, err = run(capsys, "info", "--port", path)
+        code, _, err = run_cli(capsys, "info", "--port", path)
         elapsed = time.monotonic() - start
     finally:
         os.close(master)
         os.close(slave)
     assert code == 1
-    line = one_error_line(err)
+    line = error_message(err)
     assert line.startswith(f"{path}: no MicroPython raw REPL after 3 tries (5 s): ")
     assert elapsed < 30  # a guard against a hang, not a speed test (limits: 5 s + pauses)
 
 
 def test_bad_port_values_are_one_line(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "info", "--port", "sim:nobody")
+    code, _, err = run_cli(capsys, "info", "--port", "sim:nobody")
     assert code == 1
-    assert one_error_line(err).startswith("no virtual board named 'nobody' is running")
-    code, _, err = run(capsys, "info", "--port", "id:NO-SUCH-SERIAL")
+    assert error_message(err).startswith("no virtual board named 'nobody' is running")
+    code, _, err = run_cli(capsys, "info", "--port", "id:NO-SUCH-SERIAL")
     assert code == 1
-    assert one_error_line(err).startswith("no USB serial port with serial number 'NO-SUCH-SERIAL'")
-    code, _, err = run(capsys, "info", "--port", "socket://127.0.0.1:1")
+    assert error_message(err).startswith("no USB serial port with serial number 'NO-SUCH-SERIAL'")
+    code, _, err = run_cli(capsys, "info", "--port", "socket://127.0.0.1:1")
     assert code == 1
-    assert one_error_line(err).startswith("cannot open socket://127.0.0.1:1: ")
+    assert error_message(err).startswith("cannot open socket://127.0.0.1:1: ")
 
 
 @needs_no_usb
 def test_auto_with_no_board(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "info")
+    code, _, err = run_cli(capsys, "info")
     assert code == 1
-    assert one_error_line(err).startswith("no board found (no known USB ids; no other port")
+    assert error_message(err).startswith("no board found (no known USB ids; no other port")
 
 
 @needs_no_usb
@@ -185,21 +172,21 @@ def test_sim_name_auto_one_and_several_and_find_again(
     ref = select_port("sim:auto-a")
     assert ref == BoardRef(port=one.port, board="esp32", sim_name="auto-a", how="sim:auto-a")
     # one virtual board and no USB board: auto takes it
-    code, out, err = run(capsys, "info", "--json")
+    code, out, err = run_cli(capsys, "info", "--json")
     assert code == 0, err
     assert json.loads(out)["port"] == one.port
-    code, out, _ = run(capsys, "identity", "create", "--port", "sim:auto-a", "--json")
+    code, out, _ = run_cli(capsys, "identity", "create", "--port", "sim:auto-a", "--json")
     did = json.loads(out)["did"]
-    code, out, _ = run(capsys, "ports", "--json")
+    code, out, _ = run_cli(capsys, "ports", "--json")
     [listed] = json.loads(out)
     assert listed["port"] == one.port and listed["virtual_name"] == "auto-a"
     esp32_machine = "Generic ESP32 module with ESP32"  # os.uname().machine, as on a board
     assert listed["answer"]["did"] == did and listed["answer"]["board"] == esp32_machine
 
     two = start_detached("rpi-pico", name="auto-b")
-    code, _, err = run(capsys, "info")
+    code, _, err = run_cli(capsys, "info")
     assert code == 1
-    assert one_error_line(err) == (
+    assert error_message(err) == (
         f"2 boards found (USB ids from boards/ and virtual boards): "
         f"{one.port} (virtual board auto-a, esp32); {two.port} (virtual board auto-b, rpi-pico) "
         "(choose one with --port)"
@@ -207,7 +194,7 @@ def test_sim_name_auto_one_and_several_and_find_again(
     # selected by its identity instead
     assert select_port(did).port == one.port
     mixed_case = "did:io:0x" + did[len("did:io:0x") :].upper()  # upstream writes any case
-    code, out, _ = run(capsys, "info", "--port", mixed_case, "--json")
+    code, out, _ = run_cli(capsys, "info", "--port", mixed_case, "--json")
     assert code == 0 and json.loads(out)["port"] == one.port
 
     # the board comes back under another pty: found again by name and by DID
@@ -283,9 +270,9 @@ def test_bad_timeout_scale_is_one_line(
 ) -> None:
     for bad in ("0.5", "fast", "nan"):
         monkeypatch.setenv("IOCONNECT_TIMEOUT_SCALE", bad)
-        code, _, err = run(capsys, "info", "--port", pico)
+        code, _, err = run_cli(capsys, "info", "--port", pico)
         assert code == 1
-        assert one_error_line(err) == f"IOCONNECT_TIMEOUT_SCALE={bad!r} must be a number >= 1"
+        assert error_message(err) == f"IOCONNECT_TIMEOUT_SCALE={bad!r} must be a number >= 1"
 
 
 def test_the_core_does_not_import_the_simulator() -> None:

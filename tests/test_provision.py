@@ -14,11 +14,11 @@ from pathlib import Path
 
 import coincurve
 import pytest
+from clirun import error_message, run_cli
 from Crypto.Hash import keccak
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from ioconnect_host import agent
-from ioconnect_host.cli import main
 from ioconnect_host.ports import select_port
 from ioconnect_host.provision import ProvisionOptions, provision
 from ioconnect_host.session import open_session
@@ -30,24 +30,11 @@ from vectors import permit_typed
 OWNER = "0x000000000000000000000000000000000000dEaD"
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def provision_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]:
-    code, out, err = run(capsys, "provision", *argv, "--json")
+    code, out, err = run_cli(capsys, "provision", *argv, "--json")
     assert code == 0, err
     result: dict[str, object] = json.loads(out)
     return result
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("ioconnect: error: "), err
-    return lines[0][len("ioconnect: error: ") :]
 
 
 def k256(data: bytes) -> bytes:
@@ -74,7 +61,7 @@ def test_idempotent_then_rotate(
     bundle2 = json.loads(out.read_text())
     assert bundle2["public_key"] == bundle1["public_key"]
     assert bundle2["did_document"] == bundle1["did_document"]
-    code, shown, _ = run(
+    code, shown, _ = run_cli(
         capsys, "inventory", "show", str(first["did"]), "--inventory", str(inv), "--json"
     )
     assert code == 0
@@ -88,7 +75,7 @@ def test_idempotent_then_rotate(
     assert json.loads(out.read_text())["did"] == third["did"]
     with SerialTransport(pico.port) as t:
         assert agent.info(t)["identity"]["did"] == third["did"]
-    _, listed, _ = run(capsys, "inventory", "list", "--inventory", str(inv), "--json")
+    _, listed, _ = run_cli(capsys, "inventory", "list", "--inventory", str(inv), "--json")
     assert {d["did"] for d in json.loads(listed)} == {first["did"], third["did"]}
 
 
@@ -157,7 +144,7 @@ def test_mqtts_needs_the_firmware_tls_setting(
             has_tls = True
         except agent.AgentError:
             has_tls = False
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "provision", "--port", pico.port, "--project-id", "1", "--broker",
         "mqtts://b.example", "--out", str(tmp_path / "b.json"), "--inventory",
         str(tmp_path / "i"), "--json",
@@ -168,7 +155,7 @@ def test_mqtts_needs_the_firmware_tls_setting(
         assert config["mqtt.port"] == 8883 and config["mqtt.tls"] in (True, 1)
     else:
         assert code == 1
-        assert one_error_line(err) == (
+        assert error_message(err) == (
             "the board's firmware has no mqtt.tls setting, so it cannot use mqtts:// "
             "(update the firmware, or use an mqtt:// broker)"
         )
@@ -185,12 +172,12 @@ def test_ed25519_identity_and_no_permit(
     )
     assert summary["curve"] == "ed25519" and summary["address"] is None
     assert str(summary["did"]).startswith("did:key:z6Mk")
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "provision", "--port", pico.port, "--project-id", "3", "--owner", OWNER,
         "--nonce", "1", *inv, *out,
     )  # fmt: skip
     assert code == 1
-    assert one_error_line(err) == (
+    assert error_message(err) == (
         "ioID registration needs a secp256k1 identity; this board's is ed25519 "
         "(--rotate --curve secp256k1)"
     )
@@ -239,11 +226,11 @@ def test_bad_options_are_one_line_and_touch_nothing(
 ) -> None:
     inv = tmp_path / "inv.sqlite3"
     for argv, message in BAD:
-        code, out, err = run(
+        code, out, err = run_cli(
             capsys, "provision", "--port", pico.port, *argv, "--inventory", str(inv)
         )
         assert code == 1, argv
-        assert one_error_line(err) == message
+        assert error_message(err) == message
         assert out == ""
     assert not inv.exists()
     with SerialTransport(pico.port) as t:
@@ -317,9 +304,9 @@ def test_text_output_says_what_was_kept(
 ) -> None:
     argv = ["provision", "--port", pico.port, "--project-id", "1", "--out", str(tmp_path / "b")]
     argv += ["--inventory", str(tmp_path / "i"), "--curve", "p256"]
-    code, out, _ = run(capsys, *argv)
+    code, out, _ = run_cli(capsys, *argv)
     assert code == 0 and out.splitlines()[0] == "Provisioned rpi-pico-w board: new identity"
-    code, out, _ = run(capsys, *argv[:-1], "secp256k1")
+    code, out, _ = run_cli(capsys, *argv[:-1], "secp256k1")
     assert code == 0
     assert out.splitlines()[0] == (
         "Provisioned rpi-pico-w board: existing identity kept "

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clirun import run_cli
 from ioconnect_host.cli import main
 from ioconnect_host.transport import SerialTransport
 from ioconnect_sim.rp2040_board import boots_to_repl
@@ -107,12 +108,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     main(["sim", "stop", "rp-dev"])  # never leave a detached board behind
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize(
     ("extra", "says"),
     [
@@ -123,7 +118,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_cli_refuses_what_the_engine_cannot_do(
     home: Path, capsys: pytest.CaptureFixture[str], extra: list[str], says: str
 ) -> None:
-    code, _, err = run(capsys, "sim", "start", "--engine", "rp2040", "--name", "rp-dev", *extra)
+    code, _, err = run_cli(capsys, "sim", "start", "--engine", "rp2040", "--name", "rp-dev", *extra)
     assert code != 0 and says in err and len(err.strip().splitlines()) <= 2
 
 
@@ -134,7 +129,7 @@ def test_cli_refuses_a_foreign_uf2_before_starting(
     for b in blocks:
         b[28:32] = struct.pack("<I", _ESP32S2_FAMILY)
     bad = _uf2(blocks, tmp_path / "s2.uf2")
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "sim", "start", "--board", "rpi-pico", "--engine", "rp2040", "--name", "rp-dev",
         "--firmware", str(bad), "--detach",
     )  # fmt: skip
@@ -159,7 +154,7 @@ def test_a_uf2_that_does_not_boot_is_refused(tmp_path: Path) -> None:
 def test_detached_board_lifecycle_and_power_cut(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys, "sim", "start", "--board", "rpi-pico", "--engine", "rp2040", "--name", "rp-dev",
         "--detach", "--json",
     )  # fmt: skip
@@ -168,7 +163,7 @@ def test_detached_board_lifecycle_and_power_cut(
     state = Path(started["state_dir"])
     assert started["engine"] == "rp2040" and (state / "firmware.uf2").is_file()
 
-    code, out, _ = run(capsys, "sim", "list", "--json")
+    code, out, _ = run_cli(capsys, "sim", "list", "--json")
     [listed] = json.loads(out)
     assert listed["port"] == started["port"] and listed["engine"] == "rp2040"
     assert listed["slowness"] > 1
@@ -178,7 +173,7 @@ def test_detached_board_lifecycle_and_power_cut(
         assert t.eval("__import__('os').uname().machine") == "Raspberry Pi Pico with RP2040"
         t.exec("f=open('note.txt','w'); f.write('kept'); f.close(); marker = 1", timeout_s=300)
 
-    code, _, _ = run(capsys, "sim", "fault", "rp-dev", "--power-cut")
+    code, _, _ = run_cli(capsys, "sim", "fault", "rp-dev", "--power-cut")
     assert code == 0
     with SerialTransport(started["port"], byte_timeout_s=120) as t:
         t.enter_raw_repl(timeout_s=300)
@@ -189,24 +184,24 @@ def test_detached_board_lifecycle_and_power_cut(
     with SerialTransport(started["port"], byte_timeout_s=120) as t:
         t.enter_raw_repl(timeout_s=300)
         t.exec("marker = 2", timeout_s=300)
-    code, _, _ = run(capsys, "sim", "reset", "rp-dev")
+    code, _, _ = run_cli(capsys, "sim", "reset", "rp-dev")
     assert code == 0
     with SerialTransport(started["port"], byte_timeout_s=120) as t:
         t.enter_raw_repl(timeout_s=300)
         assert t.eval("'marker' in globals()", timeout_s=300) is False
         assert t.eval("open('note.txt').read()", timeout_s=300) == "kept"
-    code, _, err = run(capsys, "sim", "reset", "rp-dev", "--download")
+    code, _, err = run_cli(capsys, "sim", "reset", "rp-dev", "--download")
     assert code != 0
 
-    code, _, err = run(capsys, "sim", "fault", "rp-dev", "--wifi", "down")
+    code, _, err = run_cli(capsys, "sim", "fault", "rp-dev", "--wifi", "down")
     assert code != 0 and "only --power-cut is modelled" in err
 
-    code, out, _ = run(capsys, "sim", "stop", "rp-dev")
+    code, out, _ = run_cli(capsys, "sim", "stop", "rp-dev")
     assert code == 0 and "stopped rp-dev" in out
-    run(capsys, "sim", "list", "--json")
+    run_cli(capsys, "sim", "list", "--json")
     wait_for(lambda: not (state / ".lock").exists() or _unlocked(state), 30, "lock released")
     # The flash survives stop and start: the image holds the file.
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys, "sim", "start", "--board", "rpi-pico", "--engine", "rp2040", "--name", "rp-dev",
         "--detach", "--json",
     )  # fmt: skip
