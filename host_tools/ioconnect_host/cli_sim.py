@@ -9,7 +9,7 @@ import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .boards import Board, list_boards, load_board
 from .errors import IoconnectError, UsageError
@@ -89,37 +89,24 @@ def _start(args: argparse.Namespace) -> int:
     if args.bootsel and load_board(args.board).flash.firmware_format != "uf2":
         raise UsageError(f"--bootsel is for boards flashed with UF2 files; {args.board} is not")
     _state_folder(args.state or default_state_dir(name), name, list_running())
-    engine, firmware = args.engine, args.firmware
+    # The same board either way; only the process that keeps it running differs.
+    options: dict[str, Any] = {
+        "name": name,
+        "state_dir": args.state,
+        "seed": args.seed,
+        "heap": args.heap,
+        "fast": args.fast or None,
+        "bootsel": args.bootsel,
+        "download": args.download,
+        "engine": args.engine,
+        "firmware": args.firmware,
+    }
     if args.detach:
-        rec = start_detached(
-            args.board,
-            name=name,
-            state_dir=args.state,
-            seed=args.seed,
-            heap=args.heap,
-            fast=args.fast or None,
-            bootsel=args.bootsel,
-            download=args.download,
-            engine=engine,
-            firmware=firmware,
-        )
-        port, state = rec.port, rec.state_dir
-        uart = rec.uart_port
+        rec = start_detached(args.board, **options)
+        port, state, uart = rec.port, rec.state_dir, rec.uart_port
     else:
-        vb = start_board(
-            args.board,
-            name=name,
-            state_dir=args.state,
-            seed=args.seed,
-            heap=args.heap,
-            fast=args.fast or None,
-            bootsel=args.bootsel,
-            download=args.download,
-            engine=engine,
-            firmware=firmware,
-        )
-        port, state = vb.port, str(vb.config.state_dir)
-        uart = vb.uart_port
+        vb = start_board(args.board, **options)
+        port, state, uart = vb.port, str(vb.config.state_dir), vb.uart_port
     if args.json:
         print(
             json.dumps(
