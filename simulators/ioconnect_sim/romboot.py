@@ -394,14 +394,19 @@ class RomBootloader:
         struct.unpack("<IIII", data[:16])
         self._reply(op)
 
-    def _mem_data(self, op: int, data: bytes, chk: int) -> None:
-        size, _seq, _, _ = struct.unpack("<IIII", data[:16])
+    def _data_block(self, data: bytes, chk: int) -> tuple[int, bytes]:
+        """A MEM_DATA or FLASH_DATA payload, its length and checksum checked: (seq, block)."""
+        size, seq, _, _ = struct.unpack("<IIII", data[:16])
         block = data[16:]
         if size != len(block):
             raise self._failed(_ROM_BAD_MESSAGE, _STUB_BAD_LEN)
         if _checksum(block) != chk & 0xFF:
             raise self._failed(_ROM_BAD_CRC, _STUB_BAD_CSUM)
-        self._mem_loaded += size
+        return seq, block
+
+    def _mem_data(self, op: int, data: bytes, chk: int) -> None:
+        _seq, block = self._data_block(data, chk)
+        self._mem_loaded += len(block)
         self._reply(op)
 
     def _mem_end(self, op: int, data: bytes, chk: int) -> None:
@@ -436,12 +441,7 @@ class RomBootloader:
         w = self._write
         if w is None or w.compressed != (op == FLASH_DEFL_DATA):
             raise self._failed(_ROM_FAILED, _STUB_NOT_IN_FLASH_MODE)
-        size, seq, _, _ = struct.unpack("<IIII", data[:16])
-        block = data[16:]
-        if size != len(block):
-            raise self._failed(_ROM_BAD_MESSAGE, _STUB_BAD_LEN)
-        if _checksum(block) != chk & 0xFF:
-            raise self._failed(_ROM_BAD_CRC, _STUB_BAD_CSUM)
+        seq, block = self._data_block(data, chk)
         if seq != w.seq:  # a repeat of the block already written (esptool retries)
             if seq == w.seq - 1:
                 self._reply(op)
