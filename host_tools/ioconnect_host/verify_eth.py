@@ -89,6 +89,30 @@ def _recover(v: Verdict, digest: bytes, sig: bytes) -> str | None:
         return None
 
 
+def _check_signature(
+    v: Verdict,
+    digest: bytes,
+    sig: bytes,
+    v_values: tuple[int, ...],
+    claim: Claim | None,
+    named: tuple[str, object] = ("", None),
+) -> Verdict:
+    """Explain r, s, v, recover the signer of ``digest`` and hold it against the signer
+    the message names itself (``named``: who, address; none unless a string) and the
+    user's ``claim``. Returns ``v``."""
+    if not _rsv(v, sig, v_values):
+        return v
+    signer = _recover(v, digest, sig)
+    if signer is None:
+        return v
+    claims = _claims(claim)
+    who, address = named
+    if isinstance(address, str):
+        claims.insert(0, (who, address))
+    check_signer(v, signer, claims)
+    return v
+
+
 def verify_eip191(obj: dict[str, Any], claim: Claim | None) -> Verdict:
     """An EIP-191 ``personal_sign`` signature.
 
@@ -116,16 +140,8 @@ def verify_eip191(obj: dict[str, Any], claim: Claim | None) -> Verdict:
         "0x" + digest.hex(),
         'keccak256("\\x19Ethereum Signed Message:\\n" + length + message)',
     )
-    if not _rsv(v, sig, (27, 28, 0, 1)):
-        return v
-    signer = _recover(v, digest, sig)
-    if signer is None:
-        return v
-    claims = _claims(claim)
-    if isinstance(obj.get("address"), str):
-        claims.insert(0, ("the message's 'address'", obj["address"]))
-    check_signer(v, signer, claims)
-    return v
+    named = ("the message's 'address'", obj.get("address"))
+    return _check_signature(v, digest, sig, (27, 28, 0, 1), claim, named)
 
 
 def verify_ioid_permit(obj: dict[str, Any], claim: Claim | None) -> Verdict:
@@ -176,16 +192,8 @@ def verify_ioid_permit(obj: dict[str, Any], claim: Claim | None) -> Verdict:
             v.fail(f"the bundle's {part} differs from its signature")
     if "v" in permit and permit["v"] != sig[64]:
         v.fail("the bundle's v differs from its signature")
-    if not _rsv(v, sig, (27, 28)):
-        return v
-    signer = _recover(v, digest, sig)
-    if signer is None:
-        return v
-    claims = _claims(claim)
-    if isinstance(permit.get("device"), str):
-        claims.insert(0, ("the permit's 'device'", permit["device"]))
-    check_signer(v, signer, claims)
-    return v
+    named = ("the permit's 'device'", permit.get("device"))
+    return _check_signature(v, digest, sig, (27, 28), claim, named)
 
 
 def verify_sprout(obj: dict[str, Any], claim: Claim | None) -> Verdict:
@@ -210,9 +218,4 @@ def verify_sprout(obj: dict[str, Any], claim: Claim | None) -> Verdict:
     v.add("signed bytes", signed.decode(), "Go's JSON of the message without its signature")
     digest = keccak256(signed)
     v.add("digest", "0x" + digest.hex(), "keccak256 of the signed bytes (no prefix)")
-    if not _rsv(v, sig, (0, 1)):
-        return v
-    signer = _recover(v, digest, sig)
-    if signer is not None:
-        check_signer(v, signer, _claims(claim))
-    return v
+    return _check_signature(v, digest, sig, (0, 1), claim)
