@@ -30,10 +30,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from boardsetup import task_signers
 from brokers import Broker
 from ioconnect_host.boards import load_board
 from ioconnect_sim import supervisor
-from loopheap import LoopRun, probe_connect, run_loop, task_signers
+from loopheap import LoopRun, probe_connect, run_loop
 
 _PARTS = ("read", "sign", "store", "publish", "deliver")
 

@@ -12,15 +12,13 @@ wait, without the idle time). The device prints one JSON line of figures.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import coincurve
-from boardsetup import PROJECT, k256, provision
+from boardsetup import PROJECT, provision
 from brokers import Acker, Broker
 from ioconnect_host import agent
 from ioconnect_host.firmware import compile_module, host_mpy_arch
@@ -240,25 +238,4 @@ def probe_connect(
     return result
 
 
-def _go_json(body: dict[str, Any], payload_raw: str) -> bytes:
-    head = json.dumps(
-        {"nonce": body["nonce"], "projectID": body["projectID"]}, separators=(",", ":")
-    )
-    return (head[:-1] + ',"payload":' + payload_raw + "}").encode()
-
-
-def task_signers(body_text: str) -> set[str]:
-    """Addresses that signed a /v1/task body (both recovery ids, as the node tries),
-    recovered with coincurve from the sha256 of the Go JSON the node re-encodes."""
-    body = json.loads(body_text)
-    raw = body_text[body_text.index('"payload":') + 10 : body_text.rindex(',"signature"')]
-    digest = hashlib.sha256(_go_json(body, raw)).digest()
-    sig = bytes.fromhex(body["signature"][2:])
-    out = set()
-    for v in (0, 1):
-        pub = coincurve.PublicKey.from_signature_and_message(sig + bytes([v]), digest, hasher=None)
-        out.add("0x" + k256(pub.format(False)[1:])[-20:].hex())
-    return out
-
-
-__all__ = ["PROJECT", "LoopRun", "loop_settings", "probe_connect", "run_loop", "task_signers"]
+__all__ = ["PROJECT", "LoopRun", "loop_settings", "probe_connect", "run_loop"]

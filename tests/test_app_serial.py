@@ -10,44 +10,19 @@ pty, checks each signature with coincurve, and acknowledges through the agent
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import coincurve
 import pytest
-from boardsetup import PROJECT, k256, provision
+from boardsetup import PROJECT, provision, task_signers
 from ioconnect_host import agent
 from ioconnect_host.boards import load_board
 from ioconnect_host.transport import SerialTransport
 from ioconnect_sim.launch import start_board
 from ioconnect_sim.supervisor import VirtualBoard
-
-
-def go_json(body: dict[str, Any], payload_raw: str) -> bytes:
-    """What W3bstream hashes for a task whose payload is a JSON object, made
-    here with the stdlib: compact JSON, payload kept as the device sent it
-    (its own compaction is checked against Go in test_attest)."""
-    head = json.dumps(
-        {"nonce": body["nonce"], "projectID": body["projectID"]}, separators=(",", ":")
-    )
-    return (head[:-1] + ',"payload":' + payload_raw + "}").encode()
-
-
-def signer(body_text: str) -> set[str]:
-    """Addresses that signed a /v1/task body (both recovery ids, as the server tries)."""
-    body = json.loads(body_text)
-    raw = body_text[body_text.index('"payload":') + 10 : body_text.rindex(',"signature"')]
-    digest = hashlib.sha256(go_json(body, raw)).digest()
-    sig = bytes.fromhex(body["signature"][2:])
-    out = set()
-    for v in (0, 1):
-        pub = coincurve.PublicKey.from_signature_and_message(sig + bytes([v]), digest, hasher=None)
-        out.add("0x" + k256(pub.format(False)[1:])[-20:].hex())
-    return out
 
 
 class Console:
@@ -121,7 +96,7 @@ def test_loop_emits_signed_tasks_and_acks_empty_the_outbox(
     for e in tasks:
         body = json.loads(e["body"])
         assert body["nonce"] == e["nonce"] and body["projectID"] == PROJECT
-        assert address in signer(e["body"])
+        assert address in task_signers(e["body"])
         payload = body["payload"]
         assert set(payload) == {"timestamp", "temperature", "adc", "climate"}
         assert abs(payload["timestamp"] - time.time()) < 30
@@ -178,7 +153,7 @@ def test_sensor_fault_is_a_field_and_the_loop_goes_on(
     payload = json.loads(failed["body"])["payload"]
     assert payload["climate"] == {"error": "eio"}
     assert payload["temperature"] == {"error": "eio"}
-    assert address in signer(failed["body"])
+    assert address in task_signers(failed["body"])
     vb.set_fault(sensors={})
     healed = con.tasks(2, exclude=set(range(failed["nonce"] + 1)))[-1]
     assert "temp_c" in json.loads(healed["body"])["payload"]["climate"]
@@ -233,7 +208,7 @@ def test_nonce_store_fault_stops_signing_not_the_board(
     assert vb.boots == boots + 1  # reported and waiting: no reboot loop
     vb.set_fault(flash=None)
     after = con.tasks(1, exclude=set(range(before["nonce"] + 1)))[0]  # the storage is back
-    assert after["nonce"] > before["nonce"] and address in signer(after["body"])
+    assert after["nonce"] > before["nonce"] and address in task_signers(after["body"])
     assert vb.boots == boots + 1
 
 
@@ -276,7 +251,7 @@ def test_deep_sleep_between_readings_keeps_nonces_and_outbox(
     for _ in range(3):  # each reading is followed by a deep sleep (a reboot)
         fresh = con.tasks(1, exclude=set(seen))[0]
         assert not seen or fresh["nonce"] > max(seen)
-        assert address in signer(fresh["body"])
+        assert address in task_signers(fresh["body"])
         for e in agent.parse_events(con.seen):  # queued before the sleep: resent as it was
             if e["event"] == "task" and e["nonce"] in seen:
                 assert e["body"] == seen[e["nonce"]]

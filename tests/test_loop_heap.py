@@ -18,12 +18,12 @@ from pathlib import Path
 
 import coincurve
 import pytest
-from boardsetup import k256, provision
+from boardsetup import k256, provision, task_signers
 from brokers import Acker, Broker
 from ioconnect_host import agent
 from ioconnect_host.transport import SerialTransport
 from ioconnect_sim.launch import start_board
-from loopheap import loop_settings, run_loop, task_signers
+from loopheap import loop_settings, run_loop
 
 CYCLES = 150
 WINDOW = 40  # cycles per window: the first one skipped (warm-up), then compared with the last
