@@ -16,12 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import coincurve
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
 from .verdict import MalformedError
-from .verify import keccak256
+from .verify import keccak256, public_point
 
 __all__ = ["Claim", "address_of_key", "claim_from", "decode_did_key"]
 
@@ -60,28 +56,11 @@ def _b58decode(text: str) -> bytes:
     return b"\0" * (len(text) - len(text.lstrip("1"))) + body
 
 
-def uncompressed(curve: str, key: bytes) -> bytes:
-    """The key as 0x04||X||Y (ECDSA curves) or as is (Ed25519); proves it is on the curve.
-
-    Raises:
-        ValueError: not a point of the curve.
-    """
-    if curve == "secp256k1":
-        return bytes(coincurve.PublicKey(key).format(compressed=False))
-    if curve == "p256":
-        point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), key)
-        return point.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-    if curve == "ed25519":
-        ed25519.Ed25519PublicKey.from_public_bytes(key)
-        return key
-    raise ValueError(f"unknown curve {curve!r}")
-
-
 def address_of_key(curve: str, key: bytes) -> str | None:
     """did:io's address of a key (keccak of X||Y); None for Ed25519."""
     if curve == "ed25519":
         return None
-    return "0x" + keccak256(uncompressed(curve, key)[1:])[12:].hex()
+    return "0x" + keccak256(public_point(curve, key, compressed=False)[1:])[12:].hex()
 
 
 def decode_did_key(did: str) -> tuple[str, bytes]:
@@ -102,7 +81,7 @@ def decode_did_key(did: str) -> tuple[str, bytes]:
             f"{did}: key type 0x{raw[:2].hex()} is not secp256k1, P-256 or Ed25519"
         )
     try:
-        return curve, uncompressed(curve, raw[2:])
+        return curve, public_point(curve, raw[2:], compressed=False)
     except ValueError as exc:
         raise MalformedError(f"{did}: the key is not a {curve} point ({exc})") from None
 
@@ -172,7 +151,7 @@ def _from_key(text: str, curve: str | None, *, label: str) -> Claim:
     if curve is None:  # 65/33 bytes: an ECDSA point; which curve: try secp256k1 first
         curve = "ed25519" if len(key) == 32 else "secp256k1"
     try:
-        full = uncompressed(curve, key)
+        full = public_point(curve, key, compressed=False)
     except ValueError as exc:
         raise MalformedError(f"public key is not a {curve} key ({exc})") from None
     address = address_of_key(curve, full)

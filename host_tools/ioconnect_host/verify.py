@@ -27,11 +27,13 @@ from .errors import IoconnectError
 
 __all__ = [
     "IOID_REGISTRY",
+    "UnknownCurveError",
     "VerificationError",
     "check_identity",
     "check_signature",
     "ioid_permit_digest",
     "keccak256",
+    "public_point",
     "recover_address",
 ]
 
@@ -67,20 +69,38 @@ def _b58(data: bytes) -> str:
     return "1" * (len(data) - len(data.lstrip(b"\0"))) + out
 
 
+class UnknownCurveError(ValueError):
+    """A curve other than secp256k1, p256 and ed25519."""
+
+
+def public_point(curve: str, key: bytes, *, compressed: bool) -> bytes:
+    """The key as a SEC1 point (0x04||X||Y, or 0x02/0x03||X ``compressed``) for the
+    ECDSA curves, or as is for Ed25519; parsing it with an independent library
+    proves it is on the curve.
+
+    Raises:
+        UnknownCurveError: ``curve`` is none of ours.
+        ValueError: not a point of the curve.
+    """
+    if curve == "secp256k1":
+        return bytes(coincurve.PublicKey(key).format(compressed=compressed))
+    if curve == "p256":
+        point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), key)
+        form = PublicFormat.CompressedPoint if compressed else PublicFormat.UncompressedPoint
+        return point.public_bytes(Encoding.X962, form)
+    if curve == "ed25519":
+        ed25519.Ed25519PublicKey.from_public_bytes(key)
+        return key
+    raise UnknownCurveError(f"unknown curve {curve!r}")
+
+
 def _compressed(curve: str, pub: bytes) -> bytes:
-    """Parse the public key with an independent library (proves it is on the curve)."""
     try:
-        if curve == "secp256k1":
-            return bytes(coincurve.PublicKey(pub).format(compressed=True))
-        if curve == "p256":
-            point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), pub)
-            return point.public_bytes(Encoding.X962, PublicFormat.CompressedPoint)
-        if curve == "ed25519":
-            ed25519.Ed25519PublicKey.from_public_bytes(pub)
-            return pub
+        return public_point(curve, pub, compressed=True)
+    except UnknownCurveError:
+        raise VerificationError(f"the device reported an unknown curve {curve!r}") from None
     except ValueError as exc:
         raise VerificationError(f"the device's {curve} public key is invalid: {exc}") from exc
-    raise VerificationError(f"the device reported an unknown curve {curve!r}")
 
 
 def check_identity(ident: dict[str, Any]) -> None:
