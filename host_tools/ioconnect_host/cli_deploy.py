@@ -12,8 +12,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, TypeAlias
 
+from .cli_progress import draw_bar
 from .errors import IoconnectError
 
 if TYPE_CHECKING:
@@ -24,15 +26,6 @@ __all__ = ["add_deploy_command", "run_deploy"]
 _HELP = "put the firmware on a board: send only changed files, switch atomically"
 
 Sub: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
-
-def _bar(done: int, total: int) -> None:
-    width = 30
-    filled = width * done // total if total else width
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} bytes")
-    if done >= total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
 
 
 def _deploy(args: argparse.Namespace) -> int:
@@ -48,7 +41,7 @@ def _deploy(args: argparse.Namespace) -> int:
             delete=args.delete,
             dry_run=args.dry_run,
             reset=args.reset,
-            progress=_bar if draw else None,
+            progress=partial(draw_bar, unit=" bytes") if draw else None,
         )
     if args.json:
         print(json.dumps(result.to_json()))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from .boards import Board
+from .cli_progress import draw_bar
 from .errors import UsageError
 from .ports import BoardRef
 
@@ -40,15 +41,6 @@ def _flash_uf2(board: Board, args: argparse.Namespace, ref: BoardRef | None) -> 
         ),
     )
     return result.to_json()
-
-
-def _bar(done: int, total: int) -> None:
-    width = 30
-    filled = width * done // total if total else width
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-    if done >= total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
 
 
 def _press_enter(message: str) -> None:
@@ -81,7 +73,7 @@ def _flash_bin(board: Board, args: argparse.Namespace, ref: BoardRef | None) -> 
         erase=args.erase,
         erase_identity=args.erase_identity,
         baud=args.baud,
-        progress=_bar if interactive and not args.json else None,
+        progress=draw_bar if interactive and not args.json else None,
         ask=_press_enter if interactive else None,
     )
     return result.to_json()
