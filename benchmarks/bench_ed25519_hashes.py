@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from devtiming import BEST_US
 from ioconnect_host import ectables_ed25519
 from ioconnect_host.paths import firmware_dir
 from ioconnect_host.vm import run_script
@@ -26,17 +27,7 @@ from ioconnect.sha512 import sha512
 from ioconnect import ed25519
 ROUNDS = %(rounds)d
 
-def best(f, n):
-    b = None
-    for _ in range(ROUNDS):
-        gc.collect()
-        t = time.ticks_us()
-        for _ in range(n):
-            f()
-        us = time.ticks_diff(time.ticks_us(), t) / n
-        b = us if b is None or us < b else b
-    return round(b, 1)
-
+%(best_us)s
 seed = bytes(range(32))
 msg = bytes(64)
 d32, d64, d1k = bytes(32), bytes(64), bytes(1024)
@@ -49,22 +40,22 @@ def pub_uncached():
 
 out = {"table": ed25519.table_info()}
 if %(hashes)s:
-    out["keccak256_32B_us"] = best(lambda: keccak256(d32), 200)
-    out["keccak256_1KB_us"] = best(lambda: keccak256(d1k), 50)
-    out["sha512_64B_us"] = best(lambda: sha512(d64), 200)
-    out["sha512_1KB_us"] = best(lambda: sha512(d1k), 50)
-out["ed25519_public_key_us"] = best(pub_uncached, 5)
-out["ed25519_sign_64B_us"] = best(lambda: ed25519.sign(seed, msg), 5)
-out["ed25519_verify_us"] = best(lambda: ed25519.verify(pub, msg, sig), 2)
+    out["keccak256_32B_us"] = best_us(lambda: keccak256(d32), 200)
+    out["keccak256_1KB_us"] = best_us(lambda: keccak256(d1k), 50)
+    out["sha512_64B_us"] = best_us(lambda: sha512(d64), 200)
+    out["sha512_1KB_us"] = best_us(lambda: sha512(d1k), 50)
+out["ed25519_public_key_us"] = best_us(pub_uncached, 5)
+out["ed25519_sign_64B_us"] = best_us(lambda: ed25519.sign(seed, msg), 5)
+out["ed25519_verify_us"] = best_us(lambda: ed25519.verify(pub, msg, sig), 2)
 if %(fallback)s:
     ed25519._checked, ed25519._tbl = True, None
-    out["ed25519_public_key_no_table_us"] = best(pub_uncached, 2)
+    out["ed25519_public_key_no_table_us"] = best_us(pub_uncached, 2)
 print(json.dumps(out))
 """
 
 
 def run(pkg_root: Path, rounds: int, hashes: bool, fallback: bool) -> dict[str, object]:
-    code = PAYLOAD % {"rounds": rounds, "hashes": hashes, "fallback": fallback}
+    code = PAYLOAD % {"rounds": rounds, "hashes": hashes, "fallback": fallback, "best_us": BEST_US}
     with tempfile.TemporaryDirectory() as fs:
         out = run_script(code, fs_dir=Path(fs), extra_path=[pkg_root])
     result: dict[str, object] = json.loads(out.strip().splitlines()[-1])

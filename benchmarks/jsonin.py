@@ -17,6 +17,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from devtiming import BEST_US
 from ioconnect_host.firmware import host_build
 from ioconnect_host.vm import run_script
 
@@ -44,17 +45,7 @@ from ioconnect import jsonin
 gc.collect()
 out = {"module_bytes": free0 - gc.mem_free()}
 
-def best_us(f, n):
-    b = None
-    for _ in range(ROUNDS):
-        gc.collect()
-        t = time.ticks_us()
-        for _ in range(n):
-            f()
-        us = time.ticks_diff(time.ticks_us(), t) / n
-        b = us if b is None or us < b else b
-    return round(b, 1)
-
+%(best_us)s
 def alloc(f):
     gc.collect()
     before = gc.mem_free()
@@ -85,7 +76,11 @@ def main() -> None:
         # The requests as the host sends them: json.dumps with its defaults.
         texts = {name: json.dumps(req) for name, req in REQUESTS.items()}
         (root / "requests.json").write_text(json.dumps(texts))
-        out = run_script(PAYLOAD % {"rounds": args.rounds}, fs_dir=root, extra_path=[host_build()])
+        out = run_script(
+            PAYLOAD % {"rounds": args.rounds, "best_us": BEST_US},
+            fs_dir=root,
+            extra_path=[host_build()],
+        )
     print(json.dumps(json.loads(out.strip().splitlines()[-1])))
 
 
