@@ -47,9 +47,15 @@ def task_signers(body_text: str) -> set[str]:
     body = json.loads(body_text)
     raw = body_text[body_text.index('"payload":') + 10 : body_text.rindex(',"signature"')]
     digest = hashlib.sha256(go_json(body, raw)).digest()
-    sig = bytes.fromhex(body["signature"][2:])
+    return secp_signers(digest, bytes.fromhex(body["signature"][2:]))
+
+
+def secp_signers(digest: bytes, sig64: bytes) -> set[str]:
+    """Addresses coincurve recovers from r||s with both recovery ids (as W3bstream tries)."""
     out = set()
     for v in (0, 1):
-        pub = coincurve.PublicKey.from_signature_and_message(sig + bytes([v]), digest, hasher=None)
+        pub = coincurve.PublicKey.from_signature_and_message(
+            sig64 + bytes([v]), digest, hasher=None
+        )
         out.add("0x" + k256(pub.format(False)[1:])[-20:].hex())
     return out

@@ -18,6 +18,7 @@ import json
 import cbor2
 import coincurve
 import pytest
+from boardsetup import secp_signers
 from Crypto.Hash import keccak
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -34,17 +35,6 @@ from vectors import permit_typed
 
 def k256(data: bytes) -> bytes:
     return keccak.new(digest_bits=256, data=data).digest()
-
-
-def recover_address(digest: bytes, sig64: bytes) -> set[str]:
-    """Addresses recovered with both recovery ids, as W3bstream's server tries them."""
-    out = set()
-    for v in (0, 1):
-        pub = coincurve.PublicKey.from_signature_and_message(
-            sig64 + bytes([v]), digest, hasher=None
-        )
-        out.add("0x" + k256(pub.format(False)[1:])[-20:].hex())
-    return out
 
 
 def test_info(board: Board) -> None:
@@ -95,7 +85,7 @@ def test_identity_lifecycle_and_eth_profiles(board: Board) -> None:
     )
     sig = bytes.fromhex(req["signature"][2:])
     assert len(sig) == 64
-    assert address in recover_address(hashlib.sha256(go_bytes).digest(), sig)
+    assert address in secp_signers(hashlib.sha256(go_bytes).digest(), sig)
     assert req["nonce"] == 7 and req["projectID"] == "42"
 
     # sprout /message: keccak256 of the Go JSON without signature, v in {0, 1}.

@@ -23,6 +23,7 @@ from typing import Any
 import cbor2
 import coincurve
 import pytest
+from boardsetup import secp_signers
 from conftest import RunDevice
 from Crypto.Hash import keccak
 from cryptography.hazmat.primitives import hashes
@@ -98,17 +99,6 @@ def eth_signer(text: str, signature_hex: str) -> str:
     """The address eth-account recovers for personal_sign over text's UTF-8."""
     message = encode_defunct(primitive=text.encode("utf-8"))
     return str(Account.recover_message(message, signature=bytes.fromhex(signature_hex))).lower()
-
-
-def secp_signers(digest: bytes, sig64: bytes) -> set[str]:
-    """Addresses coincurve recovers with both recovery ids (as W3bstream tries)."""
-    out = set()
-    for v in (0, 1):
-        pub = coincurve.PublicKey.from_signature_and_message(
-            sig64 + bytes([v]), digest, hasher=None
-        )
-        out.add("0x" + k256(pub.format(False)[1:])[-20:].hex())
-    return out
 
 
 # --- EIP-191 -------------------------------------------------------------------

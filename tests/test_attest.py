@@ -13,7 +13,7 @@ from typing import Any
 import cbor2
 import coincurve
 import pytest
-from boardsetup import k256, provision
+from boardsetup import provision, secp_signers
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from go.goref import go_reference, run_go
 from ioconnect_host import agent
@@ -58,12 +58,7 @@ def test_attest_once_verifies_against_go_and_cose(tmp_path: Path) -> None:
     digest = bytes.fromhex(server["ok"]["digest"])
     h1 = hashlib.sha256(bytes.fromhex(server["ok"]["signed"])).digest()
     assert digest == hashlib.sha256(h1 + payload["timestamp"].to_bytes(8, "little")).digest()
-    sig = bytes.fromhex(body["signature"][2:])
-    signers = set()
-    for v in (0, 1):
-        rec = coincurve.PublicKey.from_signature_and_message(sig + bytes([v]), digest, hasher=None)
-        signers.add("0x" + k256(rec.format(False)[1:])[-20:].hex())
-    assert address in signers
+    assert address in secp_signers(digest, bytes.fromhex(body["signature"][2:]))
     # The same payload as COSE_Sign1 (ES256K), verified with coincurve.
     assert "cose" not in res
     tag = cbor2.loads(bytes.fromhex(again["cose"]))
