@@ -142,37 +142,35 @@ def test_reflash_keeps_identity_and_erase_needs_erase_identity(
         assert t.exec("import os; print(os.listdir('/'))").strip() == b"[]"
 
 
+def flash_refused(
+    capsys: pytest.CaptureFixture[str], esp: VirtualBoard, path: Path, image: bytes
+) -> str:
+    """``image`` saved as ``path`` and flashed onto ``esp`` as --board esp32: the
+    command must exit 1; returns its one error message."""
+    path.write_bytes(image)
+    code, _, err = run_cli(
+        capsys, "flash", "--board", "esp32", "--firmware", str(path), "-p", f"sim:{esp.config.name}"
+    )
+    assert code == 1
+    return error_message(err)
+
+
 def test_wrong_chip_image_is_refused_before_the_board_is_touched(
     esp: VirtualBoard, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "s3.bin").write_bytes(app_image("esp32s3"))
-    code, _, err = run_cli(
-        capsys, "flash", "--board", "esp32", "--firmware", str(tmp_path / "s3.bin"),
-        "-p", f"sim:{esp.config.name}",
-    )  # fmt: skip
-    assert code == 1
-    assert error_message(err).startswith("the image is for esp32s3, not esp32 (--board esp32)")
+    said = flash_refused(capsys, esp, tmp_path / "s3.bin", app_image("esp32s3"))
+    assert said.startswith("the image is for esp32s3, not esp32 (--board esp32)")
     assert not esp.in_download_mode and not (esp.config.state_dir / FLASH_FILE).exists()
-    (tmp_path / "junk.bin").write_bytes(b"MZ" + bytes(100))
-    code, _, err = run_cli(
-        capsys, "flash", "--board", "esp32", "--firmware", str(tmp_path / "junk.bin"),
-        "-p", f"sim:{esp.config.name}",
-    )  # fmt: skip
-    assert code == 1
-    assert error_message(err).startswith("not an ESP firmware image: it starts with 0x4d")
+    said = flash_refused(capsys, esp, tmp_path / "junk.bin", b"MZ" + bytes(100))
+    assert said.startswith("not an ESP firmware image: it starts with 0x4d")
 
 
 @pytest.mark.parametrize("esp", ["esp32-s3"], indirect=True)
 def test_a_board_of_another_chip_is_refused(
     esp: VirtualBoard, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "e.bin").write_bytes(app_image("esp32"))
-    code, _, err = run_cli(
-        capsys, "flash", "--board", "esp32", "--firmware", str(tmp_path / "e.bin"),
-        "-p", f"sim:{esp.config.name}",
-    )  # fmt: skip
-    assert code == 1
-    assert error_message(err).startswith(f"the board on {esp.port} is an ESP32-S3, not esp32")
+    said = flash_refused(capsys, esp, tmp_path / "e.bin", app_image("esp32"))
+    assert said.startswith(f"the board on {esp.port} is an ESP32-S3, not esp32")
     assert (esp.config.state_dir / FLASH_FILE).read_bytes()[:1] == b"\xff"  # nothing written
 
 
