@@ -10,12 +10,18 @@
    none appears, say how to hold BOOTSEL by hand.
 4. Copy the file. A FAT drive takes no rename, so the copy is written
    straight, synced, and then the drive must vanish: the boot ROM reboots
-   once it has every block.
+   once it has every block. A virtual drive that refuses the file says why in
+   its ``REFUSED.TXT`` (a real boot ROM just ignores it).
 5. Wait for the board's serial port to answer again.
+
+An emulated board (``BoardRef.slowness`` > 1) boots slowly and checks a UF2
+before it takes it: it gets the whole ``timeout_s`` for each step and its
+REPL is asked with limits scaled by its slowness.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -44,6 +50,7 @@ BOOTSEL_STEPS = (
     "an RPI-RP2 drive appears (mount it if your system does not), then run this again"
 )
 _INFO = "INFO_UF2.TXT"
+_REFUSED = "REFUSED.TXT"  # a virtual drive's reason for refusing a file
 
 
 class FlashUF2Error(IoconnectError):
@@ -188,10 +195,11 @@ def flash_uf2(
     start = time.monotonic()
     data = firmware.read_bytes()
     blocks, writes_fs = check_uf2_for(board, data, firmware.name)
+    slowness = ref.slowness if ref is not None else 1.0
     how = "already in BOOTSEL"
     found = _drive_now(ref, drive)
     if found is None and ref is not None and writes_fs:
-        _keep_identity(ref, firmware.name, erase_identity, say)
+        _keep_identity(ref, firmware.name, erase_identity, say, slowness)
     if found is None and ref is not None:
         # Ask the firmware first (it answers on a board running MicroPython); the
         # touch also works where the REPL is busy or hung.
@@ -202,7 +210,8 @@ def flash_uf2(
             if not action(ref.port):
                 continue
             say(f"asked for the bootloader ({name}); waiting for the RPI-RP2 drive")
-            found = _wait(lambda: _drive_now(ref, drive), min(timeout_s, 10.0))
+            wait_s = min(timeout_s, 10.0) if slowness <= 1 else timeout_s
+            found = _wait(lambda: _drive_now(ref, drive), wait_s)
             if found is not None:
                 how = name
                 break
@@ -210,31 +219,52 @@ def flash_uf2(
         raise FlashUF2Error("no RPI-RP2 drive appeared", hint=BOOTSEL_STEPS)
     say(f"copying {firmware.name} ({len(data)} bytes, {blocks} blocks) to {found}")
     target = found / "FIRMWARE.UF2"
+    with contextlib.suppress(OSError):
+        (found / _REFUSED).unlink()  # about an earlier copy
     with open(target, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    gone = _wait(lambda: None if (found / _INFO).exists() else found, timeout_s)
-    if gone is None:
-        raise FlashUF2Error(
-            f"the RPI-RP2 drive {found} is still there after the copy: the board did not take it",
-            hint="copy again, or unplug the board and hold BOOTSEL while plugging it in",
-        )
+    _wait_taken(found, firmware.name, ref, timeout_s)
     port = None
     if ref is not None:
         say("waiting for the board's serial port")
-        port = _wait_port(ref, timeout_s)
+        port = _wait_port(ref, timeout_s, slowness)
     return UF2FlashResult(
         str(firmware), len(data), blocks, str(found), how, port, time.monotonic() - start
     )
 
 
-def _wait_port(ref: BoardRef, timeout_s: float) -> str:
+def _wait_taken(found: Path, name: str, ref: BoardRef | None, timeout_s: float) -> None:
+    """Until the drive vanishes (the board took the file); a refusal or the time is an error."""
+    deadline = time.monotonic() + timeout_s
+    while (found / _INFO).exists():
+        try:
+            reason = (found / _REFUSED).read_text(errors="replace").strip()
+        except OSError:
+            reason = ""
+        if reason:
+            back = f"`ioconnect sim reset {ref.sim_name}`" if ref and ref.sim_name else "unplug it"
+            raise FlashUF2Error(
+                f"the board refused {name}: {reason}",
+                hint=f"it is in BOOTSEL with its old firmware: copy a good UF2, or {back} "
+                "to run the old one",
+            )
+        if time.monotonic() >= deadline:
+            raise FlashUF2Error(
+                f"the RPI-RP2 drive {found} is still there after the copy: "
+                "the board did not take it",
+                hint="copy again, or unplug the board and hold BOOTSEL while plugging it in",
+            )
+        time.sleep(0.1)
+
+
+def _wait_port(ref: BoardRef, timeout_s: float, slowness: float = 1.0) -> str:
     deadline = time.monotonic() + timeout_s
     back = find_again(ref, timeout_s=timeout_s)
     while True:
         try:
-            probe(back.port, timeout_s=2.0)
+            probe(back.port, timeout_s=2.0, slowness=slowness)
             return back.port
         except IoconnectError as exc:
             if time.monotonic() >= deadline:
@@ -245,11 +275,13 @@ def _wait_port(ref: BoardRef, timeout_s: float) -> str:
             time.sleep(0.2)
 
 
-def _keep_identity(ref: BoardRef, name: str, erase: bool, say: Callable[[str], None]) -> None:
+def _keep_identity(
+    ref: BoardRef, name: str, erase: bool, say: Callable[[str], None], slowness: float
+) -> None:
     # The identity key lives in the filesystem: an image that brings its own
     # filesystem destroys it. Only a board that does not answer is taken as blank.
     try:
-        did = probe(ref.port, timeout_s=3.0).get("did")
+        did = probe(ref.port, timeout_s=3.0, slowness=slowness).get("did")
     except IoconnectError:
         return
     if did and not erase:

@@ -176,8 +176,10 @@ def list_ports(*, include_virtual: bool = True) -> list[PortInfo]:
     return ports
 
 
-def probe(port: str, *, timeout_s: float = 2.0) -> dict[str, Any]:
+def probe(port: str, *, timeout_s: float = 2.0, slowness: float = 1.0) -> dict[str, Any]:
     """Ask what answers on ``port``: MicroPython version, board, firmware, DID.
+
+    ``slowness``: an emulated board's (``BoardRef.slowness``); the limits scale by it.
 
     Returns:
         ``{"micropython", "board", "firmware", "api", "did"}`` from the agent,
@@ -189,7 +191,8 @@ def probe(port: str, *, timeout_s: float = 2.0) -> dict[str, Any]:
     """
     from .session import open_session
 
-    with open_session(BoardRef(port=port, how=port), attempts=(timeout_s,)) as s:
+    ref = BoardRef(port=port, how=port, slowness=slowness)
+    with open_session(ref, attempts=(timeout_s,)) as s:
         return s.identify()
 
 

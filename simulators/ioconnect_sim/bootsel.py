@@ -6,10 +6,13 @@ and once every block of the file has arrived the chip reboots into it. Here
 the drive is ``<state>/RPI-RP2``; a file copied there is taken once no
 process has it open any more (the writer closed it), checked as a whole (UF2
 magic numbers, the board's family id, addresses inside the flash, a complete
-block set), and its pages are written into the board's flash file
-(``flashfs``), erasing each 4 KiB sector they touch as the boot ROM does; the
-rest of the flash keeps what it held. A file that fails a check is removed
-and the reason logged; the drive stays.
+block set), and its pages are written into the board's flash, erasing each
+4 KiB sector they touch as the boot ROM does; the rest of the flash keeps what
+it held. Where the flash is depends on the engine: the unix engine's flash
+file (``flashfs``, the default here), or the rp2040 engine's firmware and
+filesystem images (it passes its own ``install``). A file that fails a check
+is removed and the reason logged and written to ``REFUSED.TXT`` on the drive
+(a virtual drive's own: the boot ROM has no way to say why); the drive stays.
 """
 
 from __future__ import annotations
@@ -19,16 +22,22 @@ import errno
 import fcntl
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ioconnect_host.uf2 import FLAG_NOT_MAIN_FLASH, UF2Error, check_image, parse_uf2
+from ioconnect_host.errors import IoconnectError
+from ioconnect_host.uf2 import FLAG_NOT_MAIN_FLASH, UF2Block, check_image, parse_uf2
 
 from .flashfs import read_flash, write_flash
 
-__all__ = ["DRIVE", "INFO_UF2", "Drive", "Outcome", "drive_path"]
+__all__ = ["DRIVE", "INFO_UF2", "REFUSED", "Drive", "Install", "Outcome", "drive_path", "program"]
 
 DRIVE = "RPI-RP2"
+#: Written on the drive when a copied file is refused: the reason (it names the file).
+REFUSED = "REFUSED.TXT"
+#: Writes a checked file's blocks into the board's flash; raises IoconnectError to refuse it.
+Install = Callable[[list[UF2Block], str], None]
 #: The RP2040 boot ROM's INFO_UF2.TXT (RP2040 datasheet 2.8.4.1.2).
 INFO_UF2 = "UF2 Bootloader v3.0\r\nModel: Raspberry Pi RP2\r\nBoard-ID: RPI-RP2\r\n"
 _INDEX = (
@@ -80,10 +89,19 @@ class Outcome:
 class Drive:
     """The BOOTSEL drive of one virtual board while it is in BOOTSEL mode."""
 
-    def __init__(self, state_dir: Path, *, family: int, base: int, flash_size: int) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        family: int,
+        base: int,
+        flash_size: int,
+        install: Install | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.path = drive_path(state_dir)
         self._family, self._base, self._size = family, base, flash_size
+        self._install = install or self._write_flash_file
         self._seen: dict[str, tuple[int, int]] = {}  # name -> (size, mtime) at the last look
 
     def open(self) -> None:
@@ -106,7 +124,7 @@ class Drive:
             return None
         now: dict[str, tuple[int, int]] = {}
         for entry in entries:
-            if entry.name in ("INFO_UF2.TXT", "INDEX.HTM") or not entry.is_file():
+            if entry.name in ("INFO_UF2.TXT", "INDEX.HTM", REFUSED) or not entry.is_file():
                 continue
             st = entry.stat()
             now[entry.name] = (st.st_size, st.st_mtime_ns)
@@ -120,24 +138,38 @@ class Drive:
         data = entry.read_bytes()
         with contextlib.suppress(OSError):
             entry.unlink()
+        with contextlib.suppress(OSError):
+            (self.path / REFUSED).unlink()  # about an earlier file
         self._seen.pop(entry.name, None)
         try:
             blocks = parse_uf2(data, name=entry.name)
             check_image(
                 blocks, family=self._family, base=self._base, limit=self._size, name=entry.name
             )
-        except UF2Error as exc:
-            return Outcome(entry.name, str(exc))
-        flash = read_flash(self.state_dir, self._size)
-        erased: set[int] = set()
-        for b in blocks:
-            if b.flags & FLAG_NOT_MAIN_FLASH:
-                continue
-            off = b.addr - self._base
-            for sector in range(off // _SECTOR, (off + len(b.data) - 1) // _SECTOR + 1):
-                if sector not in erased:
-                    flash[sector * _SECTOR : (sector + 1) * _SECTOR] = b"\xff" * _SECTOR
-                    erased.add(sector)
-            flash[off : off + len(b.data)] = b.data
-        write_flash(self.state_dir, bytes(flash))
+            self._install(blocks, entry.name)
+        except IoconnectError as exc:
+            reason = str(exc).replace("\n", " ")
+            with contextlib.suppress(OSError):
+                (self.path / REFUSED).write_text(f"{reason}\r\n")
+            return Outcome(entry.name, reason)
         return Outcome(entry.name, None, len(blocks))
+
+    def _write_flash_file(self, blocks: list[UF2Block], name: str) -> None:
+        flash = read_flash(self.state_dir, self._size)
+        program(flash, blocks, self._base)
+        write_flash(self.state_dir, bytes(flash))
+
+
+def program(flash: bytearray, blocks: list[UF2Block], base: int) -> None:
+    """Write checked ``blocks`` into ``flash`` (its first byte at address ``base``) as the
+    boot ROM does: each 4 KiB sector a block touches is erased once, then programmed."""
+    erased: set[int] = set()
+    for b in blocks:
+        if b.flags & FLAG_NOT_MAIN_FLASH:
+            continue
+        off = b.addr - base
+        for sector in range(off // _SECTOR, (off + len(b.data) - 1) // _SECTOR + 1):
+            if sector not in erased:
+                flash[sector * _SECTOR : (sector + 1) * _SECTOR] = b"\xff" * _SECTOR
+                erased.add(sector)
+        flash[off : off + len(b.data)] = b.data

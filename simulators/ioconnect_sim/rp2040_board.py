@@ -19,6 +19,22 @@ the port stays the same when the chip is killed and powered on again.
 ``machine.reset()`` and the watchdog reset the chip inside that process, as
 rp2040py models them.
 
+``machine.bootloader()`` ends that process with ``EXIT_BOOTSEL``: the board is
+in BOOTSEL, its RPI-RP2 drive is the folder ``<state>/RPI-RP2`` as on the unix
+engine (``bootsel.Drive``), and the serial port stays silent. A UF2 copied
+there is checked (UF2 format, the RP2040 family id, inside the 2 MiB flash),
+written as the boot ROM writes it (4 KiB sectors erased, then programmed) over
+this board's flash, which is ``firmware.uf2`` below the filesystem and
+``flash.lfs`` in it, so the filesystem survives a firmware update unless the
+UF2 writes there too; and the new firmware must boot to a MicroPython REPL on
+a scratch chip before it replaces the old one (``flash_from_drive``). Then the
+drive goes and the chip powers on. A refused file leaves the board in BOOTSEL
+with its old flash and the reason in ``REFUSED.TXT`` on the drive and in
+``console.log``; a reset or power cut boots the old firmware. The 1200 baud
+touch is not modelled: stock MicroPython for the Pico does not honour it
+(ports/rp2 leaves ``MICROPY_HW_USB_CDC_1200BPS_TOUCH`` off; measured: the
+emulated firmware ignores SET_LINE_CODING 1200 with DTR dropped).
+
 Device time is cycle-counted at 125 MHz; wall time runs 20-50 times slower, so
 the board announces :data:`SLOWNESS` in its registry record and host limits
 scale by it.
@@ -40,18 +56,41 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ioconnect_host.errors import IoconnectError
+from ioconnect_host.uf2 import UF2Block
 
-from .rp2040_firmware import FirmwareError, check_uf2, default_uf2
+from .boardlog import RotatingLog
+from .bootsel import Drive, drive_path, program
+from .rp2040_chip import EXIT_BOOTSEL, FS_SIZE, FS_START
+from .rp2040_firmware import (
+    FLASH_SIZE,
+    RP2040_FAMILY,
+    XIP_BASE,
+    FirmwareError,
+    check_uf2,
+    code_region,
+    code_uf2,
+    default_uf2,
+)
 from .statelock import StateLockedError, hold_state_lock, open_control
 from .supervisor import StateInUseError
 
-__all__ = ["SLOWNESS", "Rp2040Board", "Rp2040Config", "install_uf2", "prepare_state"]
+__all__ = [
+    "SLOWNESS",
+    "Rp2040Board",
+    "Rp2040Config",
+    "flash_from_drive",
+    "install_uf2",
+    "prepare_state",
+]
 
 #: Wall time per device time on this emulator (measured 20x for plain loops, 50x
 #: for bigint code on a 2-core x86-64), with room for a loaded machine.
 SLOWNESS = 60.0
 _DIE_WITH_US = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
 _BOOT_CHECK_S = 60.0
+#: The drive's own check: short of `ioconnect flash`'s 60 s wait for the drive to go (a
+#: boot to the REPL takes about 2 s here; the rest is room for a loaded machine).
+_DRIVE_CHECK_S = 30.0
 
 
 @dataclass
@@ -91,12 +130,15 @@ def install_uf2(uf2: Path, state_dir: Path, *, boot_check: bool = True) -> None:
             os.unlink(tmp)
 
 
-def boots_to_repl(uf2: Path, timeout_s: float = _BOOT_CHECK_S) -> None:
+def boots_to_repl(uf2: Path, timeout_s: float = _BOOT_CHECK_S, *, label: str = "") -> None:
     """Boot ``uf2`` on a scratch flash and ask its REPL for ``sys.platform``.
+
+    ``label`` names the image in the error (default: ``--firmware PATH``).
 
     Raises:
         FirmwareError: no MicroPython REPL answered ``rp2`` within ``timeout_s``.
     """
+    where = label or f"--firmware {uf2}"
     from ioconnect_host.transport import SerialTransport, TransportError
 
     with tempfile.TemporaryDirectory(prefix="ioc-uf2-check-") as scratch:
@@ -107,13 +149,51 @@ def boots_to_repl(uf2: Path, timeout_s: float = _BOOT_CHECK_S) -> None:
                 t.enter_raw_repl(timeout_s=timeout_s)
                 platform = t.eval("__import__('sys').platform", timeout_s=timeout_s)
         except (TransportError, IoconnectError) as exc:
-            raise FirmwareError(
-                f"--firmware {uf2}: it did not boot to a MicroPython REPL: {exc}"
-            ) from exc
+            raise FirmwareError(f"{where}: it did not boot to a MicroPython REPL: {exc}") from exc
         finally:
             board.stop()
     if platform != "rp2":
-        raise FirmwareError(f"--firmware {uf2}: it boots, but sys.platform is {platform!r}")
+        raise FirmwareError(f"{where}: it boots, but sys.platform is {platform!r}")
+
+
+def flash_from_drive(
+    state_dir: Path, blocks: list[UF2Block], name: str, *, boot_timeout_s: float = _DRIVE_CHECK_S
+) -> None:
+    """Write a UF2 taken from the BOOTSEL drive (``blocks``, already checked for family and
+    range) over the flash of the board in ``state_dir``, if the firmware it leaves there
+    boots to a REPL: ``firmware.uf2`` below the filesystem, ``flash.lfs`` in it.
+
+    Raises:
+        FirmwareError: the firmware would not boot; nothing was changed.
+    """
+    fw, lfs = state_dir / "firmware.uf2", state_dir / "flash.lfs"
+    flash = bytearray(b"\xff" * FLASH_SIZE)
+    flash[:FS_START] = code_region(fw)
+    if lfs.is_file():
+        flash[FS_START : FS_START + FS_SIZE] = lfs.read_bytes()
+    old_fs = bytes(flash[FS_START : FS_START + FS_SIZE])
+    program(flash, blocks, XIP_BASE)
+    new_fs = bytes(flash[FS_START : FS_START + FS_SIZE])
+    fd, tmp = tempfile.mkstemp(prefix=".firmware-", suffix=".uf2", dir=state_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(code_uf2(bytes(flash[:FS_START])))
+        boots_to_repl(Path(tmp), boot_timeout_s, label=name)
+        if new_fs != old_fs:  # the UF2 brought a filesystem: it replaces the files
+            _replace(lfs, new_fs)
+        os.replace(tmp, fw)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
 
 
 class Rp2040Board:
@@ -141,6 +221,7 @@ class Rp2040Board:
         self._power = threading.Lock()  # one power-on or power cut at a time
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self._drive: Drive | None = None  # the RPI-RP2 drive while in BOOTSEL
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> str:
@@ -165,6 +246,7 @@ class Rp2040Board:
         os.fchmod(self._slave, 0o600)
         self.port = os.ttyname(self._slave)
         self._ctl = open_control(cfg.state_dir)
+        shutil.rmtree(drive_path(cfg.state_dir), ignore_errors=True)  # left by a killed run
         self._stopped.clear()
         self._running = True
         self._power_on()
@@ -181,6 +263,7 @@ class Rp2040Board:
         self._stopped.set()
         with self._power:
             self._kill()
+            self._close_drive()  # unplugged: the drive goes with the board
         if self._thread and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         for fd in (self._master, self._slave, self._ctl, self._lock_fd):
@@ -198,7 +281,13 @@ class Rp2040Board:
             if not self._running:
                 return
             self._kill()
+            self._close_drive()  # out of BOOTSEL: the flash boots as it is
             self._power_on()
+
+    @property
+    def in_bootsel(self) -> bool:
+        """True while the board shows its RPI-RP2 drive (no chip process runs)."""
+        return self._drive is not None
 
     @property
     def vm_pid(self) -> int | None:
@@ -260,6 +349,7 @@ class Rp2040Board:
                             # lost: MicroPython on rp2 reports it as a power-on.
                             self.power_cut()
                 self._check_chip()
+                self._check_drive()
         except OSError:
             if not self._stopped.is_set():
                 raise
@@ -270,10 +360,56 @@ class Rp2040Board:
         with self._power:
             proc = self._proc
             if self._running and proc is not None and proc.poll() is not None:
+                self._proc = None
+                if proc.returncode == EXIT_BOOTSEL:
+                    self._open_drive()
+                    return
                 # Crashed (an emulator error, see chip.log): reboot like a watchdog.
                 time.sleep(0.5)
-                self._proc = None
                 self._power_on()
+
+    # -- BOOTSEL -----------------------------------------------------------
+    def _open_drive(self) -> None:
+        state = self.config.state_dir
+        drive = Drive(
+            state,
+            family=RP2040_FAMILY,
+            base=XIP_BASE,
+            flash_size=FLASH_SIZE,
+            install=lambda blocks, name: flash_from_drive(state, blocks, name),
+        )
+        drive.open()
+        self._drive = drive
+        self._log(f"[sim] BOOTSEL: drive {drive.path}")
+
+    def _close_drive(self) -> None:
+        drive, self._drive = self._drive, None
+        if drive is not None:
+            drive.close()
+
+    def _check_drive(self) -> None:
+        # A file is taken in this thread: its boot check (a scratch chip) takes a
+        # while, and a power cut or stop meanwhile waits for it.
+        with self._power:
+            drive = self._drive
+            if drive is None or not self._running:
+                return
+            outcome = drive.poll()
+            if outcome is None:
+                return
+            if outcome.error is not None:
+                self._log(f"[sim] BOOTSEL: refused {outcome.name}: {outcome.error}")
+                return
+            self._log(f"[sim] BOOTSEL: flashed {outcome.name} ({outcome.blocks} blocks)")
+            self._firmware = None  # the state folder's firmware.uf2 is the new one
+            self._close_drive()  # the boot ROM reboots once the last block is written
+            self._power_on()
+
+    def _log(self, line: str) -> None:
+        # No chip process writes the log meanwhile: in BOOTSEL none runs.
+        log = RotatingLog(self.config.state_dir / "console.log")
+        log.write(f"\r\n{line}\r\n".encode())
+        log.close()
 
 
 def prepare_state(state_dir: Path, firmware: Path | None) -> None:

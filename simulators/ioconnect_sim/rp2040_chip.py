@@ -16,6 +16,11 @@ one per power-on: a power cut is this process killed where it stands.
   before it and loses the one in flight, as a real power cut does; littlefs is
   built to survive exactly that. No fsync: a killed process loses nothing the
   kernel already has, and a host crash is not a board's power cut.
+- **BOOTSEL.** ``machine.bootloader()`` calls the boot ROM's ``reset_usb_boot``,
+  which arms the watchdog to reboot into the ROM's USB mass-storage code. We
+  see that request at the watchdog's trigger (its scratch registers hold a
+  boot vector into the ROM) and exit with :data:`EXIT_BOOTSEL` instead of
+  running that code: the supervisor shows the drive (see ``rp2040_board``).
 - The USB CDC console is bridged to ``--serial-fd``, the master side of the
   pty the supervisor owns (it outlives this process, so the port stays the same
   across power cuts, as the unix-port engine's does).
@@ -50,6 +55,14 @@ _SECTOR_ERASE = 0x20
 _BLOCK_ERASE = 0xD8
 _ERASE_SIZES = {_SECTOR_ERASE: 4096, _BLOCK_ERASE: 65536}
 _PAGE_SIZE = 256
+
+#: This process's exit status when the chip asked for the boot ROM's USB drive.
+EXIT_BOOTSEL = 3
+# pico-sdk watchdog_reboot(pc, sp, ...): SCRATCH4 = magic, SCRATCH5 = pc ^ -magic,
+# SCRATCH7 = pc; the boot ROM jumps to pc after the reset. A pc in the 16 KiB ROM is
+# its own USB boot entry (reset_usb_boot's reboot); firmware vectors point at RAM.
+_VECTOR_MAGIC = 0xB007C0D3
+_ROM_END = 0x4000
 
 
 def blank_image(path: Path) -> None:
@@ -93,6 +106,30 @@ def mirror_flash_writes(ssi: Any, flash: Any, fd: int) -> None:
     ssi._apply_command = apply_and_mirror
 
 
+def asks_for_usb_boot(scratch: list[int]) -> bool:
+    """True if the watchdog scratch registers hold a reboot vector into the boot ROM."""
+    magic, check, pc = scratch[4], scratch[5], scratch[7]
+    return (
+        magic == _VECTOR_MAGIC
+        and check == (pc ^ -_VECTOR_MAGIC) & 0xFFFFFFFF
+        and 0 < pc < _ROM_END
+    )
+
+
+def catch_bootsel(watchdog: Any, on_bootsel: Callable[[], None]) -> None:
+    """Wrap the watchdog's trigger: a reboot into the ROM's USB boot calls ``on_bootsel``
+    (the chip is left where it stands); any other reset goes ahead as before."""
+    trigger: Callable[[], None] = watchdog.on_watchdog_trigger
+
+    def trigger_or_bootsel() -> None:
+        if asks_for_usb_boot(watchdog.scratch_data):
+            on_bootsel()
+        else:
+            trigger()
+
+    watchdog.on_watchdog_trigger = trigger_or_bootsel
+
+
 async def _run(image: Path, flash_path: Path, serial_fd: int, log_path: Path | None) -> int:
     from rp2040py.boards import BOARDS, BoardSpec, FlashLayout
     from rp2040py.cli.pty_repl import PtyInteractiveRepl
@@ -115,6 +152,16 @@ async def _run(image: Path, flash_path: Path, serial_fd: int, log_path: Path | N
     mirror_flash_writes(device.mcu.ssi, device.mcu.flash, fd)
 
     stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    bootsel = False
+
+    def enter_bootsel() -> None:  # runs in the emulator's thread
+        nonlocal bootsel
+        bootsel = True
+        device.simulator.stop()  # the USB drive's code is not run: the supervisor shows it
+        loop.call_soon_threadsafe(stop.set)
+
+    catch_bootsel(device.mcu.watchdog, enter_bootsel)
 
     class Bridge(PtyInteractiveRepl):
         # rp2040py's pty bridge, on a pty the supervisor made and keeps.
@@ -133,7 +180,6 @@ async def _run(image: Path, flash_path: Path, serial_fd: int, log_path: Path | N
         on_quit=lambda code: stop.set(),
         on_data=(lambda data: log.write(bytes(data))) if log else None,
     )
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Bytes the host typed while the board boots wait in the pty, as in a USB
@@ -147,6 +193,9 @@ async def _run(image: Path, flash_path: Path, serial_fd: int, log_path: Path | N
     device.stop()
     if device.simulator.engine_room_error is not None:
         raise device.simulator.engine_room_error
+    if bootsel:
+        print("ioc-rp2040 bootsel", file=sys.stderr, flush=True)
+        return EXIT_BOOTSEL
     return 0
 
 

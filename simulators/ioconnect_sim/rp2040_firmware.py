@@ -19,12 +19,24 @@ from ioconnect_host.errors import IoconnectError
 
 from .rp2040_chip import FS_START
 
-__all__ = ["UF2_ENV", "FirmwareError", "Uf2Image", "check_uf2", "default_uf2"]
+__all__ = [
+    "FLASH_SIZE",
+    "UF2_ENV",
+    "XIP_BASE",
+    "FirmwareError",
+    "Uf2Image",
+    "check_uf2",
+    "code_region",
+    "code_uf2",
+    "default_uf2",
+]
 
 #: Environment variable naming the default UF2 (else the project's shared/firmware/).
 UF2_ENV = "IOCONNECT_PICO_UF2"
 RP2040_FAMILY = 0xE48BFF56
 XIP_BASE = 0x10000000
+FLASH_SIZE = 0x200000  # the Pico's 2 MiB W25Q16JV
+_PAGE = 256  # what MicroPython's UF2s carry per block: one flash page
 _MAGIC0, _MAGIC1, _MAGIC_END = 0x0A324655, 0x9E5D5157, 0x0AB16F30
 _FLAG_NOT_MAIN_FLASH = 0x1
 _FLAG_FAMILY = 0x2000
@@ -114,3 +126,32 @@ def default_uf2() -> Path:
         "folder above the project",
         hint=f"give --firmware FILE.uf2 or set {UF2_ENV}",
     )
+
+
+def code_region(uf2: Path) -> bytearray:
+    """The flash below the filesystem as the (checked) ``uf2`` leaves it: erased (0xFF)
+    where it writes nothing."""
+    code = bytearray(b"\xff" * FS_START)
+    data = uf2.read_bytes()
+    for i in range(len(data) // _BLOCK):
+        block = data[i * _BLOCK : (i + 1) * _BLOCK]
+        flags, addr, size = struct.unpack_from("<3I", block, 8)
+        offset = addr - XIP_BASE
+        if not flags & _FLAG_NOT_MAIN_FLASH and 0 <= offset <= FS_START - size:
+            code[offset : offset + size] = block[32 : 32 + size]
+    return code
+
+
+def code_uf2(code: bytes) -> bytes:
+    """A UF2 that writes ``code`` (the flash below the filesystem): one block per page that
+    is not erased, as MicroPython's own images are laid out."""
+    pages = [o for o in range(0, len(code), _PAGE) if code[o : o + _PAGE] != b"\xff" * _PAGE]
+    out = bytearray()
+    for number, offset in enumerate(pages):
+        out += struct.pack(
+            "<8I", _MAGIC0, _MAGIC1, _FLAG_FAMILY, XIP_BASE + offset, _PAGE, number, len(pages),
+            RP2040_FAMILY,
+        )  # fmt: skip
+        out += code[offset : offset + _PAGE].ljust(_MAX_PAYLOAD, b"\0")
+        out += struct.pack("<I", _MAGIC_END)
+    return bytes(out)
