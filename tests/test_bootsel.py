@@ -147,11 +147,19 @@ def test_bad_uf2_is_refused_and_the_drive_stays(
     image = build_image(tmp_path, capsys, {"device.name": "x"})
     with start_board("rpi-pico", name="bootsel-b", state_dir=tmp_path / "st", bootsel=True) as vb:
         log = vb.config.state_dir / "console.log"
+        says = {
+            "family.uf2": "family id 0x1c5f21b0, this board needs 0xe48bff56",
+            "cut.uf2": "truncated",
+            "magic.uf2": "no UF2 magic",
+        }
         for name, data in mangled(image.read_bytes()).items():
             (drive(vb) / name).write_bytes(data)
             said = f"refused {name}: "
             wait_for(f"{name} to be refused", lambda s=said: s in log.read_text())
             assert in_bootsel(vb) and not (drive(vb) / name).exists()
+            # The drive says why, in one line naming the file (what `ioconnect flash` reads).
+            [why] = (drive(vb) / "REFUSED.TXT").read_text().splitlines()
+            assert name in why and says[name] in why
         text = log.read_text()
         assert "family id 0x1c5f21b0, this board needs 0xe48bff56" in text
         assert "truncated" in text and "no UF2 magic" in text

@@ -164,27 +164,32 @@ def flash_from_drive(
     boots to a REPL: ``firmware.uf2`` below the filesystem, ``flash.lfs`` in it.
 
     Raises:
-        FirmwareError: the firmware would not boot; nothing was changed.
+        FirmwareError: the firmware would not boot, or the state folder cannot be
+            written; the old firmware stays.
     """
     fw, lfs = state_dir / "firmware.uf2", state_dir / "flash.lfs"
     flash = bytearray(b"\xff" * FLASH_SIZE)
-    flash[:FS_START] = code_region(fw)
-    if lfs.is_file():
-        flash[FS_START : FS_START + FS_SIZE] = lfs.read_bytes()
-    old_fs = bytes(flash[FS_START : FS_START + FS_SIZE])
-    program(flash, blocks, XIP_BASE)
-    new_fs = bytes(flash[FS_START : FS_START + FS_SIZE])
-    fd, tmp = tempfile.mkstemp(prefix=".firmware-", suffix=".uf2", dir=state_dir)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(code_uf2(bytes(flash[:FS_START])))
-        boots_to_repl(Path(tmp), boot_timeout_s, label=name)
-        if new_fs != old_fs:  # the UF2 brought a filesystem: it replaces the files
-            _replace(lfs, new_fs)
-        os.replace(tmp, fw)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if fw.is_file():
+            flash[:FS_START] = code_region(fw)
+        if lfs.is_file():
+            flash[FS_START : FS_START + FS_SIZE] = lfs.read_bytes()
+        old_fs = bytes(flash[FS_START : FS_START + FS_SIZE])
+        program(flash, blocks, XIP_BASE)
+        new_fs = bytes(flash[FS_START : FS_START + FS_SIZE])
+        fd, tmp = tempfile.mkstemp(prefix=".firmware-", suffix=".uf2", dir=state_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(code_uf2(bytes(flash[:FS_START])))
+            boots_to_repl(Path(tmp), boot_timeout_s, label=name)
+            if new_fs != old_fs:  # the UF2 brought a filesystem: it replaces the files
+                _replace(lfs, new_fs)
+            os.replace(tmp, fw)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    except OSError as exc:
+        raise FirmwareError(f"{name}: cannot write the board's flash: {exc}") from exc
 
 
 def _replace(path: Path, data: bytes) -> None:
