@@ -287,6 +287,21 @@ class RTC:
         self.datetime(dt)
 
 
+def _make_signals():
+    # The signals behind every ADC channel and the on-chip temperature sensor
+    # are shim state (a board reads them with C code that keeps nothing on the
+    # heap): made now, with the shims, whose heap the supervisor counts as the
+    # board's own. Made at the firmware's first reading instead, they landed
+    # wherever its garbage left room, high in its heap, and stayed.
+    for pin in _pins.get("adc", ()):
+        _s.signal("adc%d" % (pin - 26 if _RP2 else pin), 1.2, 0.3)
+    spec = _board.get("sensors", {}).get("temperature", {})
+    _s.signal("temperature", spec.get("mean_c", 25.0), spec.get("swing_c", 2.0))
+
+
+_make_signals()
+
+
 def __getattr__(name):
     if name in _LAZY:
         return getattr(_s.load(_LAZY[name]), name)
