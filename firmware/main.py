@@ -37,28 +37,47 @@ def _provisioned():
         return False
 
 
-from ioconnect import forget
+from ioconnect import forget, intern_names
 
-try:
-    if _provisioned():
-        # Straight to the attestation loop, on the heap of a fresh boot.
-        print("ioconnect attesting (Ctrl-C for the REPL)")
-        __import__("ioconnect.start").start.main()
-    else:
-        _hello()
-except KeyboardInterrupt:
-    pass  # a host took the console: the REPL is next
-except Exception as e:  # never a traceback loop at boot: the REPL stays reachable
-    print("ioconnect: startup failed:", e)
-finally:
+
+def _boot():
+    # True when the attestation loop was started (it returns on Ctrl-C).
+    loop = False
+    try:
+        if _provisioned():
+            loop = True
+            # Straight to the attestation loop, on the heap of a fresh boot.
+            print("ioconnect attesting (Ctrl-C for the REPL)")
+            __import__("ioconnect.start").start.main()
+        else:
+            _hello()
+    except KeyboardInterrupt:
+        pass  # a host took the console: the REPL is next
+    except Exception as e:  # never a traceback loop at boot: the REPL stays reachable
+        print("ioconnect: startup failed:", e)
+    return loop
+
+
+def _after(loop):
     # Hosts send two Ctrl-Cs (a program may catch the first): the second may land
     # here, and a cleanup it cut short would leave the loop's modules loaded for
     # the agent's requests to squeeze beside. Finish it whatever arrives.
     while True:
         try:
             forget(_keep | {"ioconnect"})
-            break
+            gc.collect()
+            if loop:
+                # The agent's names (interned by its first request on a board
+                # that never ran the loop) go in now, on the collected heap:
+                # past the loop's names they grow the name table by one block
+                # (about 9 KB at 96 KB) that a request, with its own objects and
+                # the REPL's garbage spread over the heap, failed to find whole.
+                intern_names()
+            return
         except KeyboardInterrupt:
             pass
-del _keep, _hello, _provisioned, forget
+
+
+_after(_boot())
+del _keep, _hello, _provisioned, _boot, _after, forget, intern_names
 gc.collect()

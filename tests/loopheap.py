@@ -150,6 +150,37 @@ if res["connects"] and attempt(hi):
 print("RESULT " + json.dumps(res))
 """
 
+# Cuts the free heap into runs of at most RUN bytes, for good: with automatic
+# collection off, one-block tuples fill every free block in address order (the
+# allocator is first fit); every (RUN // block)-th is kept (chained through
+# `_cut`), the rest are garbage at the collect. Stands in, deterministically,
+# for what a running loop leaves in its heap where a Ctrl-C finds it (its
+# objects, the REPL's input, the Ctrl-C's traceback, a shim's state). Prints
+# the largest free run (blocks) and the interned-name count, as mem_info and
+# qstr_info say.
+CUT_HEAP = """
+import gc, micropython, struct
+k = %d // (4 * struct.calcsize("P"))
+gc.collect()
+gc.disable()
+_cut = None
+n = 0
+try:
+    while True:
+        t = (_cut, n)
+        if n %% k == 0:
+            _cut = t
+        n += 1
+except MemoryError:
+    pass
+t = None
+gc.enable()
+gc.collect()
+print("cut into runs below", k, "blocks")
+micropython.mem_info()
+micropython.qstr_info()
+"""
+
 
 @dataclass
 class LoopRun:
@@ -238,4 +269,4 @@ def probe_connect(
     return result
 
 
-__all__ = ["PROJECT", "LoopRun", "loop_settings", "probe_connect", "run_loop"]
+__all__ = ["CUT_HEAP", "PROJECT", "LoopRun", "loop_settings", "probe_connect", "run_loop"]

@@ -57,11 +57,14 @@ def intern_names():
     global _warm
     if _warm:
         return
-    _warm = True  # set first: a fault below must not make every request retry
     try:
         _intern_all()
+    except MemoryError:
+        return  # not warm: the next call tries again, on its own collected heap
     except Exception:  # noqa: BLE001 - an optimisation: requests work without it
         pass
+    # Not set when a Ctrl-C cut it short either (main.py calls it again).
+    _warm = True
 
 
 def _intern_all():
@@ -80,10 +83,12 @@ def _intern_all():
     for m in mods:
         try:
             __import__("ioconnect." + m)
-        except Exception:  # noqa: BLE001 - a broken module fails where it is used, not here
-            pass
-        forget(keep)
-        gc.collect()
+        except Exception as e:  # noqa: BLE001 - a broken module fails where it is used, not here
+            if isinstance(e, MemoryError):
+                raise
+        finally:
+            forget(keep)
+            gc.collect()
     # sys.modules and this package's namespace never shrink, and grow (a new,
     # larger table) the first time a request holds more modules than any
     # before. Size both now for all of ours at once, while the heap is quiet.
