@@ -75,7 +75,7 @@ _SIGINT_GAP_S = 0.05
 # kernel kills it when the thread that started it (the relay thread) ends.
 _DIE_WITH_US = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
 _HEAP_SLACK = 2048  # the shims' heap blocks are not packed as tightly as C statics
-_OVERHEAD: dict[tuple[str, tuple[str, ...], bool], int] = {}  # per shim set and filesystem
+_OVERHEAD: dict[tuple[str, tuple[str, ...], bool, str, int], int] = {}  # see _vm_heap
 
 
 #: The firmware's heap on this VM is the board's budget times this factor. The
@@ -469,8 +469,17 @@ class VirtualBoard:
         """The board's budget plus what console and shims hold (C code on a board)."""
         cfg = self.config
         # The flashed littlefs (C, plus a small block device) holds less than the
-        # folder's Python VFS: each is calibrated on its own.
-        key = (str(self._vmlib), tuple(cfg.preload), has_flash(cfg.state_dir))
+        # folder's Python VFS: each is calibrated on its own. So are board kinds and
+        # state paths of other lengths (the shims keep both): a board's heap must not
+        # depend on which board a process started first (a few hundred bytes moved
+        # the free-block layout of a 96 KB esp32 enough to matter).
+        key = (
+            str(self._vmlib),
+            tuple(cfg.preload),
+            has_flash(cfg.state_dir),
+            str(cfg.board.get("name")),
+            len(str(cfg.state_dir)),
+        )
         overhead = _OVERHEAD.get(key)
         if overhead is None:
             code = f"import console; console.calibrate({str(cfg.flash_dir)!r})"
