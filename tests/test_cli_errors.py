@@ -14,6 +14,10 @@ import errno
 import json
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -489,3 +493,32 @@ def test_wifi_fault_on_a_board_without_wifi(capsys: pytest.CaptureFixture[str], 
 def test_errno_names_are_the_os_words() -> None:
     # The expected lines above spell ENOTDIR as the OS does.
     assert os.strerror(errno.ENOTDIR) == "Not a directory"
+
+
+def test_ctrl_c_is_one_line_and_exit_130() -> None:
+    # A board that never answers (a TCP port that accepts and stays silent): `info`
+    # waits for its raw REPL until Ctrl-C (SIGINT, as a terminal sends it).
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ioconnect_host.launcher",
+                "info",
+                "-p",
+                f"socket://127.0.0.1:{port}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            server.settimeout(60)
+            conn, _ = server.accept()
+            with conn:
+                proc.send_signal(signal.SIGINT)
+                out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert (proc.returncode, out, err) == (130, "", "ioconnect: info interrupted\n")

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from ioconnect_host.launcher import main as launcher_main
 from ioconnect_host.paths import firmware_dir
 from ioconnect_host.ports import select_port
 from ioconnect_host.session import open_session
+from ioconnect_host.transport import SerialTransport
 from ioconnect_sim.launch import start_board
 from ioconnect_sim.supervisor import VirtualBoard
 
@@ -404,3 +407,40 @@ def test_deploy_to_a_fragmented_heap_sends_smaller_statements(blank: VirtualBoar
         assert s.info()["firmware"] == "0.1.0"
     assert r.files_sent == [*expected(None), MANIFEST]
     assert on_flash(blank, list(expected(None))) == expected(None)
+
+
+def test_ctrl_c_mid_deploy_is_one_line_and_leaves_the_port_usable(tmp_path: Path) -> None:
+    # At the wire's speed (115200 baud) a first deploy takes about 40 s: time to
+    # press Ctrl-C (SIGINT, as a terminal sends it) once files are being staged.
+    with start_board(
+        "esp32",
+        name="deploy-ctrl-c",
+        state_dir=tmp_path / "state",
+        install_firmware=False,
+        fast=False,
+    ) as vb:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ioconnect_host.launcher", "deploy", "--port", vb.port],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not (flash(vb) / ".deploy").exists():
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "deploy never started staging"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode == 130, err
+        assert err == (
+            "ioconnect: deploy interrupted: the board boots its old firmware or the "
+            "new one whole, never a mix; run deploy again to finish\n"
+        )
+        assert out == ""
+        assert not (flash(vb) / MANIFEST).exists()  # nothing was switched
+        with SerialTransport(vb.port) as t:  # the next tool gets a working REPL
+            assert t.exec("print(6 * 7)") == b"42\r\n"

@@ -31,7 +31,7 @@ from .cli_monitor import add_console_commands
 from .cli_relay import add_relay_commands
 from .cli_sim import add_sim_commands
 from .cli_verify import add_verify_command
-from .errors import IoconnectError, UsageError
+from .errors import IoconnectError, UsageError, report_interrupt
 from .identity import CURVES, DEFAULT_DIR, Identity, new_identity, show_identity
 
 __all__ = ["build_parser", "main"]
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ioconnect {__version__}")
     parser.set_defaults(handler=_help_of(parser))
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", dest="top_command")
     _add_identity(sub)
     add_sim_commands(sub)
     add_demo_command(sub)
@@ -205,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
+    except KeyboardInterrupt:
+        return report_interrupt(args.top_command)
     except BrokenPipeError:
         # Output piped into e.g. `head`: stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)

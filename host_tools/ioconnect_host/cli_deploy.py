@@ -16,7 +16,7 @@ from functools import partial
 from typing import TYPE_CHECKING, TypeAlias
 
 from .cli_progress import draw_bar
-from .errors import IoconnectError
+from .errors import IoconnectError, report_interrupt
 
 if TYPE_CHECKING:
     from .deploy import DeployResult
@@ -114,6 +114,8 @@ def run_deploy(argv: Sequence[str]) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return _deploy(args)
+    except KeyboardInterrupt:
+        return report_interrupt("deploy")
     except IoconnectError as err:
         # As cli.main: one line (a multi-line hint is a VM traceback: message only).
         text = str(err) if err.hint is None or "\n" not in err.hint else str(err.args[0])

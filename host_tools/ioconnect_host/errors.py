@@ -6,6 +6,8 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import sys
+
 
 class IoconnectError(Exception):
     """A fault of the device or of the input, with a hint for the user."""
@@ -37,3 +39,21 @@ class UsageError(IoconnectError):
     """The command line itself is wrong (unknown option, bad value): exit status 2."""
 
     exit_code = 2
+
+
+# What a deploy cut short leaves: files are staged, and only the plan file's rename
+# switches (boot.py finishes or drops a deploy), so the board is never half-updated.
+_AFTER_INTERRUPT = {
+    "deploy": "the board boots its old firmware or the new one whole, never a mix; "
+    "run deploy again to finish",
+}
+
+
+def report_interrupt(command: str | None) -> int:
+    """Ctrl-C: one stderr line instead of a traceback; the shell's status for SIGINT (130)."""
+    # On a terminal the line would follow the echoed ^C or a progress bar.
+    lead = "\n" if sys.stderr.isatty() else ""
+    note = _AFTER_INTERRUPT.get(command or "")
+    what = f"{command} interrupted" if command else "interrupted"
+    print(f"{lead}ioconnect: {what}" + (f": {note}" if note else ""), file=sys.stderr)
+    return 130
