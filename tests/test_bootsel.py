@@ -203,3 +203,23 @@ def test_a_copy_that_pauses_is_not_taken_half_written(
             f.write(data[len(data) // 2 :])
         wait_for("the completed copy to boot", lambda: not drive(vb).exists())
         assert "flashed slow.uf2" in log.read_text()
+
+
+def test_sim_start_bootsel_names_the_drive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The drive is where a user copies a UF2: `sim start` says where it is, in text and JSON.
+    state = tmp_path / "st"
+    argv = ["sim", "start", "--board", "rpi-pico", "--state", str(state), "--bootsel", "--detach"]
+    try:
+        assert main([*argv, "--name", "bootsel-cli"]) == 0
+        out = capsys.readouterr().out
+        assert f"bootsel-cli BOOTSEL drive (copy a UF2 there): {state / 'RPI-RP2'}\n" in out
+        assert main(["sim", "stop", "bootsel-cli"]) == 0
+        capsys.readouterr()
+        assert main([*argv, "--name", "bootsel-cli", "--json"]) == 0
+        started = json.loads(capsys.readouterr().out)
+        assert started["bootsel_drive"] == str(state / "RPI-RP2")
+        wait_for("the drive", lambda: (state / "RPI-RP2" / "INFO_UF2.TXT").is_file())
+    finally:
+        main(["sim", "stop", "bootsel-cli"])

@@ -77,6 +77,7 @@ def _state_folder(state: Path, name: str, running: list[RunningBoard]) -> None:
 
 
 def _start(args: argparse.Namespace) -> int:
+    from ioconnect_sim.bootsel import drive_path
     from ioconnect_sim.launch import (
         default_state_dir,
         list_running,
@@ -107,6 +108,8 @@ def _start(args: argparse.Namespace) -> int:
     else:
         vb = start_board(args.board, **options)
         port, state, uart = vb.port, str(vb.config.state_dir), vb.uart_port
+    # Held in BOOTSEL, the board's USB side is its RPI-RP2 drive: say where it is.
+    drive = str(drive_path(Path(state))) if args.bootsel else None
     if args.json:
         print(
             json.dumps(
@@ -117,6 +120,7 @@ def _start(args: argparse.Namespace) -> int:
                     "state_dir": state,
                     "uart_port": uart,
                     "engine": args.engine,
+                    "bootsel_drive": drive,
                 }
             ),
             flush=True,
@@ -125,6 +129,8 @@ def _start(args: argparse.Namespace) -> int:
         print(f"{name} ({args.board}) serial port: {port}", flush=True)
         if uart:
             print(f"{name} UART(1): {uart}", flush=True)
+        if drive:
+            print(f"{name} BOOTSEL drive (copy a UF2 there): {drive}", flush=True)
         if not args.detach:
             print("Running; Ctrl-C stops it.", file=sys.stderr, flush=True)
     if not args.detach:
