@@ -119,14 +119,12 @@ def test_reflash_keeps_identity_and_erase_needs_erase_identity(
     )
     assert code == 1
     assert "this image (it holds a filesystem) would DESTROY" in error_message(err)
-    esp.reset()
-    booted(esp)
+    booted(esp)  # refused: reset back into MicroPython, untouched
     code, _, err = run_cli(
         capsys, "flash", "--board", "esp32", "--firmware", str(app), "-p", port, "--erase"
     )
     assert code == 1
     assert "--erase would DESTROY this device's identity key" in error_message(err)
-    esp.reset()  # the refused erase left it in download mode
     booted(esp)
     with SerialTransport(esp.port) as t:
         assert agent.identity_show(t)["did"] == did
@@ -172,6 +170,9 @@ def test_a_board_of_another_chip_is_refused(
     said = flash_refused(capsys, esp, tmp_path / "e.bin", app_image("esp32"))
     assert said.startswith(f"the board on {esp.port} is an ESP32-S3, not esp32")
     assert (esp.config.state_dir / FLASH_FILE).read_bytes()[:1] == b"\xff"  # nothing written
+    booted(esp)  # refused: back in MicroPython, not left in the ROM loader
+    with SerialTransport(esp.port) as t:
+        assert agent.info(t)["firmware"] == "0.1.0"
 
 
 def test_garbage_on_the_line_is_one_line_error(

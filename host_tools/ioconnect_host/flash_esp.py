@@ -10,7 +10,8 @@ The steps a careful user takes by hand, in order:
    its state folder;
 3. detect the chip and refuse a board of another chip;
 4. with ``erase``, or an image reaching into the filesystem partition: refuse
-   while that partition holds an identity key, unless ``erase_identity``;
+   while that partition holds an identity key, unless ``erase_identity`` (a board
+   refused in step 3 or 4 is reset back into the firmware it runs);
 5. write at the board's firmware offset (compressed), verify the MD5 the chip
    computes against the image's, then reset into the firmware;
 6. on a failed transfer, try again at the next lower baud rate.
@@ -385,6 +386,7 @@ def flash_esp(
     with _esptool_log(progress):
         for attempt, rate in enumerate(_steps(baud), 1):
             esp = _connect(ref, ask)
+            written = False
             try:
                 chip = CHIP_IDS.get(board.chip)
                 if chip != esp.IMAGE_CHIP_ID:
@@ -417,6 +419,7 @@ def flash_esp(
                 if erase:
                     erase_flash(esp)
                     erased = True
+                written = True
                 write_flash(esp, [(offset, image)], flash_size="keep", compress=True)
                 verified = esp.flash_md5sum(offset, len(image)) == digest
                 if not verified:
@@ -424,7 +427,10 @@ def flash_esp(
                 _reset_into_firmware(esp, ref)
             except FlashError:
                 with contextlib.suppress(Exception):
-                    esp._port.close()
+                    if written:  # a failed verify: stay in the loader to flash again
+                        esp._port.close()
+                    else:  # refused before writing: the board runs what it ran
+                        _reset_into_firmware(esp, ref)
                 raise
             except (FatalError, SerialException, OSError) as exc:
                 with contextlib.suppress(Exception):
