@@ -37,6 +37,10 @@ def test_attest_once_verifies_against_go_and_cose(tmp_path: Path) -> None:
         code, out, err = cli(["attest", "--once", "--port", vb.port, "--json"])
         assert code == 0, err
         res: dict[str, Any] = json.loads(out)
+        # -p and sim:NAME, as every other board command takes them: a later nonce.
+        code, out, err = cli(["attest", "--once", "-p", "sim:attest-once", "--json"])
+        assert code == 0, err
+        assert json.loads(out)["nonce"] > res["nonce"]
         with SerialTransport(vb.port) as t:
             pub = bytes.fromhex(agent.identity_show(t)["public_key"])
             again = agent.attest(t, cose=True)
@@ -107,7 +111,7 @@ def test_attest_op_on_an_esp32_c3(tmp_path: Path) -> None:
 def test_cli_attest_errors_are_one_line(tmp_path: Path) -> None:
     code, out, err = cli(["attest", "--once", "--port", str(tmp_path / "no-such-port")])
     assert code == 1 and out == ""
-    assert err.startswith("ioconnect: error: cannot open") and err.count("\n") == 1
+    assert err.startswith("ioconnect: error: no such serial port") and err.count("\n") == 1
     code, out, err = cli(["attest", "--port", str(tmp_path / "x")])
     assert code == 1 and "only --once" in err
 

@@ -98,7 +98,9 @@ def _attest(args: argparse.Namespace) -> int:
         raise IoconnectError(
             "only --once is supported here", hint="the board's own loop attests continuously"
         )
-    out = attest_once(args.port)
+    from .ports import select_port
+
+    out = attest_once(select_port(args.port).port)
     if args.json:
         print(json.dumps(out))
         return 0
@@ -122,7 +124,10 @@ def add_attest_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     p.add_argument("--once", action="store_true", help="one reading now (required)")
     p.add_argument(
-        "--port", required=True, help="serial port, pyserial URL (socket://) or sim:NAME"
+        "-p",
+        "--port",
+        help="serial path, socket://, rfc2217://, sim:NAME, id:USB-SERIAL, a DID, or auto "
+        "(default: $IOCONNECT_PORT, else auto)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_attest)
