@@ -444,3 +444,16 @@ def test_ctrl_c_mid_deploy_is_one_line_and_leaves_the_port_usable(tmp_path: Path
         assert not (flash(vb) / MANIFEST).exists()  # nothing was switched
         with SerialTransport(vb.port) as t:  # the next tool gets a working REPL
             assert t.exec("print(6 * 7)") == b"42\r\n"
+
+
+def test_launcher_deploy_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # `ioconnect deploy` runs through its own small parser: its usage errors must read
+    # as every other command's (one line, exit 2), not argparse's usage block.
+    for argv, said in (
+        (["deploy", "--no-such"], "unrecognized arguments: --no-such"),
+        (["deploy", "--port"], "argument -p/--port: expected one argument"),
+    ):
+        assert launcher_main(argv) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1
+        assert err.startswith(f"ioconnect: error: deploy: {said} ("), err

@@ -10,14 +10,11 @@ its traceback.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from . import __version__
 from .cli_attest import add_attest_command
@@ -28,6 +25,7 @@ from .cli_doctor import add_doctor_command
 from .cli_flash import add_flash_command
 from .cli_image import add_image_commands
 from .cli_monitor import add_console_commands
+from .cli_parser import OneLineParser
 from .cli_relay import add_relay_commands
 from .cli_sim import add_sim_commands
 from .cli_verify import add_verify_command
@@ -132,33 +130,9 @@ def _help_of(parser: argparse.ArgumentParser) -> Handler:
     return missing_command
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the fix (``main`` prints it).
-
-    argparse prints the usage block and exits; users of ``--json`` and scripts
-    get one ``ioconnect: error: …`` line on stderr like every other fault.
-    Subcommand parsers inherit this class (``add_subparsers`` uses ``type(self)``).
-    """
-
-    def error(self, message: str) -> NoReturn:
-        command = self.prog.removeprefix("ioconnect").strip()
-        where = f"{command}: " if command else ""
-        hint = f"see `{self.prog} --help`"
-        typo = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
-        if typo:
-            choices = re.findall(r"'([^']*)'", typo[2])
-            close = difflib.get_close_matches(typo[1], choices, n=1)
-            if close:
-                hint = f"did you mean {close[0]!r}?"
-        if message.endswith("expected one argument"):
-            # argparse reads a value such as -5K as an option.
-            hint = "a value starting with '-' is written --option=VALUE; " + hint
-        raise UsageError(where + message, hint=hint)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``ioconnect`` command."""
-    parser: argparse.ArgumentParser = _Parser(
+    parser: argparse.ArgumentParser = OneLineParser(
         prog="ioconnect",
         description="Put devices on IoTeX: device identity, provisioning and signed data.",
     )

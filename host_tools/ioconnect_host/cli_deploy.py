@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, TypeAlias
 
+from .cli_parser import OneLineParser
 from .cli_progress import draw_bar
 from .errors import IoconnectError, report_interrupt
 
@@ -106,14 +107,12 @@ def run_deploy(argv: Sequence[str]) -> int:
     Faults become one stderr line and exit status, as :func:`ioconnect_host.cli.main`
     makes them.
     """
-    parser = argparse.ArgumentParser(prog="ioconnect deploy", description=_HELP)
+    parser = OneLineParser(prog="ioconnect deploy", description=_HELP)
     _arguments(parser)
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, usage errors
+        return _deploy(parser.parse_args(argv))
+    except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 2
-    try:
-        return _deploy(args)
     except KeyboardInterrupt:
         return report_interrupt("deploy")
     except IoconnectError as err:
