@@ -331,8 +331,17 @@ def test_cli_json_and_one_line_errors(
     done = json.loads(capsys.readouterr().out)
     assert done["files_sent"] == dry["files_sent"]
     assert done["bytes_sent"] == dry["bytes_sent"] > 300_000
+    # Reset so that main.py runs the new firmware (not left at the REPL prompt).
+    assert done["reset_said"] == "ioconnect 0.1.0 identity: none"
+    log = blank.config.state_dir / "console.log"
+    deadline = time.monotonic() + 60
+    while "identity: none" not in log.read_text(errors="replace").rsplit("soft reboot", 1)[-1]:
+        assert time.monotonic() < deadline, "main.py did not run after the deploy"
+        time.sleep(0.05)
+    assert dry["reset_said"] is None
     assert main(["deploy", "--port", blank.port, "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
+    assert again["reset_said"] is None  # nothing changed: no reset
     assert (again["files_sent"], again["bytes_sent"], again["files_skipped"]) == (
         [],
         0,

@@ -35,19 +35,30 @@ def _deploy(args: argparse.Namespace) -> int:
     from .session import open_session
 
     draw = sys.stderr.isatty() and not args.json
-    with open_session(select_port(args.port)) as board:
+    ref = select_port(args.port)
+    with open_session(ref) as board:
         result = deploy(
             board,
             mpy=args.mpy,
             delete=args.delete,
             dry_run=args.dry_run,
-            reset=args.reset,
+            # The library's reset stays in the raw REPL, where MicroPython skips
+            # main.py: the board would wait at its prompt. Reset it below instead.
+            reset=False,
             progress=partial(draw_bar, unit=" bytes") if draw else None,
         )
+    said = None
+    if args.reset and not args.dry_run and (result.files_sent or result.files_deleted):
+        from .console import reset_board
+
+        # Ctrl-D in the friendly REPL: boot.py and main.py run the new firmware.
+        said = reset_board(ref, timeout_s=20.0 * ref.slowness)["said"]
     if args.json:
-        print(json.dumps(result.to_json()))
+        print(json.dumps({**result.to_json(), "reset_said": said}))
     else:
         _summary(result)
+        if said is not None:
+            print(f"soft reset, the board says: {said}")
     return 0
 
 
@@ -91,7 +102,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         "--no-reset",
         dest="reset",
         action="store_false",
-        help="do not soft-reset the board after a change",
+        help="leave the board at its REPL after a change (default: soft-reset it, "
+        "so main.py runs the new firmware)",
     )
     p.set_defaults(handler=_deploy)
 

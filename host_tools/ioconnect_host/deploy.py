@@ -17,7 +17,7 @@ renames leaves old and new modules side by side. So:
 3. *Commit*: the plan (staged name -> path, paths to delete) is written to
    ``.deploy/plan`` by temp file + rename. That rename is the switch point.
 4. *Apply*: rename each staged file over its path (the manifest last), delete,
-   remove ``.deploy``; then a soft reset runs the new firmware.
+   remove ``.deploy``; then a soft reset (the CLI's runs main.py: the new firmware).
 
 A cut before 3 leaves ``.deploy/`` without a plan: ``boot.py`` drops it and the
 old firmware boots. A cut after 3 leaves the plan: ``boot.py`` redoes the
@@ -447,7 +447,9 @@ def deploy(
         mpy: compile modules for the board's ``sys.implementation._mpy`` (False: sources).
         delete: remove owned files (listed in the board's manifest) that we no longer ship.
         dry_run: only report what would be sent and deleted.
-        reset: soft-reset the board after a change, so the new firmware runs.
+        reset: soft-reset the board after a change (in the raw REPL: nothing of the old
+            firmware stays imported; main.py runs at the next reset, as MicroPython
+            skips it there; ``ioconnect deploy`` resets in the friendly REPL instead).
         source: firmware folder (default: the one shipped with ioconnect).
         progress: called with (bytes sent, bytes to send) while sending.
 
