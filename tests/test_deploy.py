@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -466,3 +467,20 @@ def test_launcher_deploy_usage_errors_are_one_line(capsys: pytest.CaptureFixture
         out, err = capsys.readouterr()
         assert out == "" and err.count("\n") == 1
         assert err.startswith(f"ioconnect: error: deploy: {said} ("), err
+
+
+def test_deploy_into_a_closed_pipe_stops_quietly(blank: VirtualBoard) -> None:
+    # `ioconnect deploy --dry-run | head -1`: the reader is gone before the list is
+    # printed. As Unix tools do (and every other command): exit 1, no traceback.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ioconnect_host.launcher", "deploy", "--dry-run",
+             "--port", blank.port],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (1, "")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,11 +24,11 @@ from .cli_doctor import add_doctor_command
 from .cli_flash import add_flash_command
 from .cli_image import add_image_commands
 from .cli_monitor import add_console_commands
-from .cli_parser import OneLineParser
+from .cli_parser import OneLineParser, run_command
 from .cli_relay import add_relay_commands
 from .cli_sim import add_sim_commands
 from .cli_verify import add_verify_command
-from .errors import IoconnectError, UsageError, report_interrupt
+from .errors import UsageError
 from .identity import CURVES, DEFAULT_DIR, Identity, new_identity, show_identity
 
 __all__ = ["build_parser", "main"]
@@ -176,28 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"ioconnect: error: {err}", file=sys.stderr)
         return err.exit_code
-    handler: Handler = args.handler
-    try:
-        return handler(args)
-    except KeyboardInterrupt:
-        return report_interrupt(args.top_command)
-    except BrokenPipeError:
-        # Output piped into e.g. `head`: stop quietly, as Unix tools do.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1
-    except OSError as exc:
-        if exc.filename is None:
-            raise
-        # The filesystem refused a path (permissions, a file where a folder
-        # belongs, a full disk): the user's to fix, not a bug of ours.
-        print(f"ioconnect: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return 1
-    except IoconnectError as err:
-        # One line: the hint of a VM failure is a traceback, keep only its message.
-        text = str(err) if err.hint is None or "\n" not in err.hint else str(err.args[0])
-        print(f"ioconnect: error: {text}", file=sys.stderr)
-        return err.exit_code
+    return run_command(args.handler, args, args.top_command)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, TypeAlias
 
-from .cli_parser import OneLineParser
+from .cli_parser import OneLineParser, run_command
 from .cli_progress import draw_bar
-from .errors import IoconnectError, report_interrupt
+from .errors import UsageError
 
 if TYPE_CHECKING:
     from .deploy import DeployResult
@@ -122,13 +122,10 @@ def run_deploy(argv: Sequence[str]) -> int:
     parser = OneLineParser(prog="ioconnect deploy", description=_HELP)
     _arguments(parser)
     try:
-        return _deploy(parser.parse_args(argv))
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 2
-    except KeyboardInterrupt:
-        return report_interrupt("deploy")
-    except IoconnectError as err:
-        # As cli.main: one line (a multi-line hint is a VM traceback: message only).
-        text = str(err) if err.hint is None or "\n" not in err.hint else str(err.args[0])
-        print(f"ioconnect: error: {text}", file=sys.stderr)
+    except UsageError as err:
+        print(f"ioconnect: error: {err}", file=sys.stderr)
         return err.exit_code
+    return run_command(_deploy, args, "deploy")
