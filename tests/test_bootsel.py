@@ -223,3 +223,30 @@ def test_sim_start_bootsel_names_the_drive(
         wait_for("the drive", lambda: (state / "RPI-RP2" / "INFO_UF2.TXT").is_file())
     finally:
         main(["sim", "stop", "bootsel-cli"])
+
+
+def test_image_for_the_chip_on_a_virtual_pico_says_to_deploy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The mass-production image (armv6m native code) flashed onto a virtual Pico,
+    # whose VM runs this machine's code: the first signing request names the fix,
+    # and the fix works.
+    out = tmp_path / "line.uf2"
+    code = main(["image", "build", "--board", "rpi-pico", "--firmware", str(pico_firmware()),
+                 "-o", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    with start_board(
+        "rpi-pico", name="bootsel-arch", state_dir=tmp_path / "st", bootsel=True
+    ) as vb:
+        shutil.copyfile(out, drive(vb) / "line.uf2")
+        wait_for("the reboot into the new flash", lambda: not drive(vb).exists())
+        capsys.readouterr()
+        assert main(["identity", "create", "-p", vb.port]) == 1
+        err = capsys.readouterr().err
+        assert err == (
+            "ioconnect: error: invalid_argument: incompatible .mpy arch (the board's firmware "
+            "was compiled for another CPU: `ioconnect deploy` sends modules built for this one)\n"
+        )
+        assert main(["deploy", "-p", vb.port]) == 0
+        # (The key was stored before keccak's native code failed to load.)
+        assert main(["identity", "show", "-p", vb.port]) == 0

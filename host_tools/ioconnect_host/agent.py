@@ -165,7 +165,16 @@ def answer_result(answer: dict[str, Any]) -> Any:
     code, message = err.get("code"), err.get("message")
     if not isinstance(code, str) or not code or not isinstance(message, str):
         raise AgentError("bad_answer", "the agent's error answer lacks a code or message")
-    raise AgentError(code, message)
+    # MicroPython says only this when a module was compiled for another CPU (an image
+    # built with the wrong --mpy-arch, files copied from another board).
+    hint = _OTHER_ARCH_FIX if "incompatible .mpy" in message else None
+    raise AgentError(code, message, hint)
+
+
+_OTHER_ARCH_FIX = (
+    "the board's firmware was compiled for another CPU: `ioconnect deploy` sends "
+    "modules built for this one"
+)
 
 
 def _object(board: Board, op: str, **args: Any) -> dict[str, Any]:
