@@ -217,7 +217,13 @@ def rp2040_report(args: argparse.Namespace) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heap", default=None, help="heap for timing (default 96K; rp2040: full)")
-    parser.add_argument("--only", action="append", help="run only these operations")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=[op.name for op in OPS],  # a typo must not print an empty report
+        metavar="OP",
+        help="run only this operation (repeatable): " + ", ".join(op.name for op in OPS),
+    )
     parser.add_argument("--no-min-heap", action="store_true", help="skip the heap bisection")
     parser.add_argument("--engine", choices=["unix", "rp2040"], default="unix")
     parser.add_argument("--state", help="rp2040: state folder of the benchmark board")
