@@ -182,6 +182,16 @@ def test_sim_name_auto_one_and_several_and_find_again(
     assert listed["port"] == one.port and listed["virtual_name"] == "auto-a"
     esp32_machine = "Generic ESP32 module with ESP32"  # os.uname().machine, as on a board
     assert listed["answer"]["did"] == did and listed["answer"]["board"] == esp32_machine
+    code, out, _ = run_cli(capsys, "ports", "--no-probe")
+    assert out.split() == [
+        one.port,
+        "virtual",
+        "sim:auto-a",
+        "esp32",
+        "(not",
+        "asked:",
+        "--no-probe)",
+    ]
 
     two = start_detached("rpi-pico", name="auto-b")
     code, _, err = run_cli(capsys, "info")

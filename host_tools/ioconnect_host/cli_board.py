@@ -91,12 +91,13 @@ def _ports(args: argparse.Namespace) -> int:
             ids = f"{e['vid']:04x}:{e['pid']:04x}" if e["vid"] is not None else "virtual"
             board = "/".join(e["likely_boards"]) or "-"
             ans = e["answer"]
-            said = "no answer"
+            said = "(not asked: --no-probe)" if args.no_probe else "no answer"
             if ans:
                 said = f"MicroPython {ans['micropython']} {ans['board']}"
                 said += f", ioconnect {ans['firmware']}" if ans["firmware"] else ", no firmware"
                 said += f", {ans['did']}" if ans.get("did") else ""
-            sn = e["serial_number"] or "-"
+            # What --port takes for a virtual board: its name.
+            sn = e["serial_number"] or (f"sim:{e['virtual_name']}" if e["virtual_name"] else "-")
             print(f"{e['port']:<16} {ids:<10} {sn:<18} {board:<20} {said}")
 
     return _emit(args, found, text)
