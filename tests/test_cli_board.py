@@ -18,7 +18,9 @@ from clirun import error_message, run_cli
 from Crypto.Hash import keccak
 from eth_account import Account
 from eth_account.messages import encode_defunct
+from ioconnect_host import agent
 from ioconnect_host.boards import list_boards, load_board
+from ioconnect_host.transport import SerialTransport
 from ioconnect_sim.launch import start_board
 from ioconnect_sim.supervisor import VirtualBoard
 
@@ -269,3 +271,27 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 2 and "invalid choice: 'nosuch'" in err
     code, _, err = run_cli(capsys, "config")
     assert code == 2
+
+
+def test_read_only_commands_survive_a_fragmented_heap(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A 96 KB ESP32 whose program was stopped mid-cycle can hold plenty of free heap
+    # in pieces too small for the agent (seen after a power-on with a littlefs
+    # flash). Here: 64-byte blocks, every other one kept, in the VM's globals,
+    # which survive between raw-REPL sessions until a soft reset.
+    fragment = (
+        "import gc\n_junk=[]\ntry:\n while True:_junk.append(bytearray(64))\n"
+        "except MemoryError:pass\n_junk=_junk[::2]\ngc.collect()\n"
+    )
+    with start_board("esp32", name="cli-frag", state_dir=tmp_path / "st") as vb:
+        with SerialTransport(vb.port) as t:
+            did = agent.identity_create(t)["did"]
+        for argv in (["info"], ["identity", "show"], ["config", "get"]):
+            with SerialTransport(vb.port) as t:
+                t.enter_raw_repl(soft_reset=True)  # whatever the last command left
+                t.exec(fragment)
+            code, out, err = run_cli(capsys, *argv, "-p", vb.port, "--json")
+            assert code == 0, err
+            if argv != ["config", "get"]:
+                assert did in out

@@ -48,6 +48,8 @@ _OP_TIMEOUT_S = {"identity.create": 30.0, "identity.rotate": 30.0, "sign": 30.0}
 _DEFAULT_OP_TIMEOUT_S = 10.0
 # Operations whose effect the host can read back when their answer is lost.
 _CHANGES_IDENTITY = ("identity.create", "identity.rotate")
+# Operations that change nothing on the board: run again after a fresh heap.
+_READ_ONLY = ("info", "identity.show", "diddoc", "config.get")
 _REFERENCE_CPU_HZ = 160_000_000  # the ESP32 the default limits were chosen for
 _CHUNK = 512  # bytes of file data per statement: the board compiles each one in its heap
 
@@ -136,7 +138,8 @@ class Session:
 
         If the answer to ``identity.create`` or ``identity.rotate`` does not come
         in time, the board is asked what it did: the key it made is returned as
-        the answer would have (see ``_after_lost_answer``).
+        the answer would have (see ``_after_lost_answer``). A read-only operation
+        that ran out of memory runs once more after a soft reset (a fresh heap).
 
         Raises:
             AgentError: the device refused (``code`` says why).
@@ -149,7 +152,16 @@ class Session:
         if op == "identity.rotate":
             before = self._current_identity()  # to tell afterwards whether it changed
         try:
-            return agent.call(self, op, timeout_s=timeout_s, **args)
+            try:
+                return agent.call(self, op, timeout_s=timeout_s, **args)
+            except (agent.AgentError, DeviceExecError) as exc:
+                if op not in _READ_ONLY or exc.code not in ("no_memory", "MemoryError"):
+                    raise
+                # A program stopped mid-cycle can leave the heap fragmented (free
+                # memory, no block big enough): a soft reset in the raw REPL gives a
+                # fresh heap (main.py does not run), and this op changes nothing.
+                self.transport.enter_raw_repl(soft_reset=True, timeout_s=10.0 * self.scale)
+                return agent.call(self, op, timeout_s=timeout_s, **args)
         except TransportError as exc:
             if op not in _CHANGES_IDENTITY or exc.__class__ is not TransportError:
                 raise
