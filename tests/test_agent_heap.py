@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import RunDevice
 from ioconnect_host import agent
 from ioconnect_host.transport import SerialTransport
 from ioconnect_sim.launch import start_board
@@ -181,3 +182,18 @@ def test_requests_intern_no_names_after_the_first(tmp_path: Path) -> None:
         assert probe(board) == before
         agent.info(board)
         assert probe(board) == before
+
+
+def test_forget_after_an_import_that_failed(device: RunDevice) -> None:
+    # An import cut by MemoryError leaves the submodule in sys.modules but not as
+    # an attribute of the package; unloading must not fail on it (it did, with
+    # MicroPython's KeyError for a missing module attribute: "KeyError: ec").
+    code = (
+        "import sys, json, ioconnect\n"
+        "keep = set(sys.modules)\n"
+        "import ioconnect.cbor\n"
+        "delattr(ioconnect, 'cbor')\n"
+        "ioconnect.forget(keep)\n"
+        "print(json.dumps('ioconnect.cbor' in sys.modules))\n"
+    )
+    assert device(code) == [False]

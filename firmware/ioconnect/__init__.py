@@ -26,7 +26,9 @@ def forget(keep):
         if pkg is not None and name.startswith("ioconnect."):
             try:
                 delattr(pkg, name[10:])
-            except AttributeError:
+            except (AttributeError, KeyError):
+                # MicroPython raises KeyError for a missing module attribute: a
+                # submodule whose import failed (MemoryError) never got one.
                 pass
 
 
