@@ -277,9 +277,9 @@ def test_read_only_commands_survive_a_fragmented_heap(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A 96 KB ESP32 whose program was stopped mid-cycle can hold plenty of free heap
-    # in pieces too small for the agent (seen after a power-on with a littlefs
-    # flash). Here: 64-byte blocks, every other one kept, in the VM's globals,
-    # which survive between raw-REPL sessions until a soft reset.
+    # in pieces too small for the agent (a user's program; our loop before main.py
+    # interned the agent's names). Here: 64-byte blocks, every other one kept, in
+    # the VM's globals, which survive between raw-REPL sessions until a soft reset.
     fragment = (
         "import gc\n_junk=[]\ntry:\n while True:_junk.append(bytearray(64))\n"
         "except MemoryError:pass\n_junk=_junk[::2]\ngc.collect()\n"
