@@ -124,3 +124,25 @@ def test_one_board_per_state_folder(home: Path, capsys: pytest.CaptureFixture[st
     assert code == 0
     vb = start_board("esp32", name="other-name", state_dir=state)  # free again
     vb.stop()
+
+
+def test_stop_all(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Every board this home runs, however started; nothing left to stop is not an error.
+    try:
+        for name in ("all-a", "all-b"):
+            argv = ["sim", "start", "--board", "esp32", "--name", name, "--detach"]
+            code, _, err = run_cli(capsys, *argv)
+            assert code == 0, err
+        code, out, err = run_cli(capsys, "sim", "stop", "--all")
+        assert code == 0, err
+        assert sorted(out.splitlines()) == ["stopped all-a", "stopped all-b"]
+        assert run_cli(capsys, "sim", "list", "--json")[1] == "[]\n"
+        assert run_cli(capsys, "sim", "stop", "--all") == (0, "no virtual boards running\n", "")
+        code, _, err = run_cli(capsys, "sim", "stop")
+        assert code == 2
+        assert error_line(err) == (
+            "ioconnect: error: sim stop: give a board's name or --all (see `ioconnect sim list`)"
+        )
+    finally:
+        for name in ("all-a", "all-b"):
+            main(["sim", "stop", name])

@@ -159,13 +159,25 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from ioconnect_sim.launch import stop_running
+    from ioconnect_sim.launch import list_running, stop_running
+    from ioconnect_sim.registry import SimError
 
-    rec = stop_running(args.name)
+    if args.all == (args.name is not None):
+        raise UsageError("sim stop: give a board's name or --all", hint="see `ioconnect sim list`")
+    if not args.all:
+        rec = stop_running(args.name)
+        print(json.dumps({"stopped": asdict(rec)}) if args.json else f"stopped {rec.name}")
+        return 0
+    stopped = []
+    for running in list_running():
+        try:
+            stopped.append(stop_running(running.name))
+        except SimError:  # it stopped by itself meanwhile
+            continue
     if args.json:
-        print(json.dumps({"stopped": asdict(rec)}))
+        print(json.dumps({"stopped": [asdict(r) for r in stopped]}))
     else:
-        print(f"stopped {rec.name}")
+        print("\n".join(f"stopped {r.name}" for r in stopped) or "no virtual boards running")
     return 0
 
 
@@ -350,8 +362,9 @@ def add_sim_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     lst.add_argument("--json", action="store_true", help="print a JSON list")
     lst.set_defaults(handler=_list)
 
-    stop = cmds.add_parser("stop", help="stop a detached virtual board")
-    stop.add_argument("name")
+    stop = cmds.add_parser("stop", help="stop a running virtual board (--all: every one)")
+    stop.add_argument("name", nargs="?")
+    stop.add_argument("--all", action="store_true", help="stop every running virtual board")
     stop.add_argument("--json", action="store_true", help="print one JSON object")
     stop.set_defaults(handler=_stop)
 
