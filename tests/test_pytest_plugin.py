@@ -335,3 +335,16 @@ def test_beside_pytest_embedded_on_the_same_port(
         f"--ioc-port={outer_board.port}",
     )
     result.assert_outcomes(passed=1)
+
+
+def test_ioc_board_must_match_a_virtual_boards_kind(
+    pytester: pytest.Pytester, outer_board: VirtualBoard
+) -> None:
+    # The registry says what a virtual board is: a different --ioc-board is a mistake.
+    pytester.makepyfile("def test_x(board):\n    board.agent('info')\n")
+    result = run(pytester, "--ioc-port=sim:plugin-outer", "--ioc-board", "rpi-pico")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*--ioc-board rpi-pico, but sim:plugin-outer is the virtual esp32 plugin-outer*"]
+    )
+    run(pytester, "--ioc-port=sim:plugin-outer", "--ioc-board", "esp32").assert_outcomes(passed=1)

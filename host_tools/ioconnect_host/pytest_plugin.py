@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import pytest
 
 from .errors import IoconnectError
-from .ports import BoardRef, select_port
+from .ports import BoardRef, PortSelectionError, select_port
 from .session import Session, timeout_scale
 from .transport import SerialTransport
 
@@ -465,6 +465,14 @@ def _board_opener(
         else:
             ref = select_port(port_spec)
             if request.config.getoption("ioc_board") is not None:
+                if ref.sim_name and ref.board and ref.board != board_name:
+                    # A virtual board says what it is: the tests would run with the
+                    # wrong board's facts (heap, pins, chip).
+                    raise PortSelectionError(
+                        f"--ioc-board {board_name}, but {port_spec} is the virtual "
+                        f"{ref.board} {ref.sim_name}",
+                        hint=f"give --ioc-board {ref.board}, or leave it out",
+                    )
                 ref = dataclasses.replace(ref, board=board_name)
             board = Board(ref, log_path=log_path)
         lock = PortLock(lock_dir, board.port, timeout_s=timeout_s)
