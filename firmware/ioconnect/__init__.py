@@ -11,7 +11,7 @@ _warm = False  # intern_names() has run since this package was loaded
 # frees only at a soft reset (ESP32: IRAM, esp_native_code_commit; unix port:
 # an mmap plus a 32-byte list node on the heap). Unloaded and imported again
 # per request, each import would take another copy, for good.
-RESIDENT = ("ioconnect.keccak", "ioconnect.sha512")
+RESIDENT = ("ioconnect.keccak", "ioconnect.sha512", "ioconnect.k1field")
 
 
 def forget(keep):

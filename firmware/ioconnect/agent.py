@@ -78,9 +78,7 @@ def _key():
 def _identity(key):
     from ioconnect import identity
 
-    info = identity.describe(key)
-    info.pop("document")
-    return info
+    return identity.describe(key, document=False)
 
 
 def _identity_state():

@@ -16,14 +16,15 @@ class ECError(ValueError):
 
 
 def inv(a, m):
-    # Extended Euclid: about 7x faster than pow(a, m-2, m) on MicroPython.
+    # Extended Euclid: about 7x faster than pow(a, m-2, m) on MicroPython;
+    # divmod gives quotient and remainder in one bigint operation.
     a %= m
     if not a:
         raise ECError("no inverse of 0")
     lm, hm, low, high = 1, 0, a, m
     while low > 1:
-        r = high // low
-        lm, hm, low, high = hm - lm * r, lm, high - low * r, low
+        q, r = divmod(high, low)
+        lm, hm, low, high = hm - lm * q, lm, r, low
     return lm % m
 
 
@@ -42,6 +43,7 @@ class Curve:
         self._w = 0
         self._buf = bytearray(_PT)
         self._naf = bytearray(264)  # width-4 NAF digits of a scalar below n
+        self._fe = None  # secp256k1: (k1field, its buffers); False: bigints only
 
     # -- affine helpers -------------------------------------------------
     def on_curve(self, x, y):
@@ -168,6 +170,20 @@ class Curve:
                 f.close()
         return self._f
 
+    def _field(self):
+        # secp256k1's viper field arithmetic (k1field), imported on first use:
+        # its native code costs heap, and a port without the viper emitter
+        # refuses the module; k*G then stays with bigints.
+        if self._fe is None:
+            self._fe = False
+            if self.cid == 1:
+                try:
+                    from ioconnect import k1field
+                except (ImportError, ValueError, SyntaxError):
+                    return False
+                self._fe = (k1field, k1field.buffers())
+        return self._fe
+
     def mul_g(self, k):
         # k*G, Jacobian. Signed radix-2^w digits d_i in [-2^(w-1), 2^(w-1)]:
         # k*G = sum d_i * (2^(w*i) G), each term one table read and one addition.
@@ -175,6 +191,9 @@ class Curve:
         f = self._open_table()
         if not f:
             return self.mul((self.g[0], self.g[1], 1), k)
+        fe = self._field()
+        if fe:
+            return self._mul_g_fe(f, k, fe[0], fe[1])
         w = self._w
         mask = (1 << w) - 1
         half = 1 << (w - 1)
@@ -200,6 +219,54 @@ class Curve:
                 acc = self.add_affine(acc, int.from_bytes(mv[0:32], "big"), y if d > 0 else p - y)
             i += 1
         return acc
+
+    def _mul_g_fe(self, f, k, F, bufs):
+        # mul_g with the sum kept in k1field buffers (16-bit limbs, in place).
+        X, Y, Z, x2, y2, t1, t2, t3, T = bufs
+        w = self._w
+        mask = (1 << w) - 1
+        half = 1 << (w - 1)
+        buf = self._buf
+        empty = True  # the sum so far is the point at infinity
+        i = 0
+        carry = 0
+        while k or carry:
+            d = (k & mask) + carry
+            k >>= w
+            if d > half:
+                d -= 1 << w
+                carry = 1
+            else:
+                carry = 0
+            if d:
+                f.seek(_HDR + ((i << (w - 1)) + (d if d > 0 else -d) - 1) * _PT)
+                if f.readinto(buf) != _PT:
+                    raise ECError("table file truncated")
+                F.load_be(x2, buf, 0)
+                F.load_be(y2, buf, 32)
+                if d < 0:
+                    F.neg(y2)
+                if empty:
+                    F.copy(X, x2, 0)
+                    F.copy(Y, y2, 0)
+                    F.copy(Z, Z, 1)
+                    empty = False
+                elif F.madd(X, Y, Z, x2, y2, t1, t2, t3, T):
+                    # Same x (never seen in practice): let the bigint code
+                    # double or cancel, and take its result back.
+                    P = self.add_affine(
+                        (_int(X), _int(Y), _int(Z)), _int(x2), _int(y2)
+                    )
+                    if P[2]:
+                        X[:] = P[0].to_bytes(32, "little")
+                        Y[:] = P[1].to_bytes(32, "little")
+                        Z[:] = P[2].to_bytes(32, "little")
+                    else:
+                        empty = True
+            i += 1
+        if empty:
+            return (1, 1, 0)
+        return _int(X), _int(Y), _int(Z)
 
     def mul(self, P, k):
         # k*P for any Jacobian point P, width-4 NAF over odd multiples P, 3P, 5P, 7P.
@@ -234,6 +301,11 @@ class Curve:
             elif d < 0:
                 acc = self.add(acc, self.neg(odd[(-d) >> 1]))
         return acc
+
+
+def _int(b):
+    # A k1field element (little-endian limbs) as an int.
+    return int.from_bytes(b, "little")
 
 
 def _table_path(name):

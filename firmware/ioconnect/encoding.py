@@ -72,18 +72,13 @@ def b58encode(data):
     zeros = 0
     while zeros < len(data) and data[zeros] == 0:
         zeros += 1
-    # Little-endian base-58 digits; schoolbook conversion keeps every
-    # intermediate value small (no bigints on 32-bit boards).
+    # Little-endian base-58 digits, by dividing one bigint: a schoolbook
+    # loop over small ints took about 20 ms for a did:key on an RP2040.
     digits = bytearray()
-    for i in range(zeros, len(data)):
-        carry = data[i]
-        for j in range(len(digits)):
-            carry += digits[j] << 8
-            digits[j] = carry % 58
-            carry //= 58
-        while carry:
-            digits.append(carry % 58)
-            carry //= 58
+    v = int.from_bytes(bytes(data[zeros:]), "big")
+    while v:
+        v, r = divmod(v, 58)
+        digits.append(r)
     n = len(digits)
     out = bytearray(zeros + n)
     for j in range(zeros):

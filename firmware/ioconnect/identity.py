@@ -14,8 +14,9 @@ def ensure(path=keys.DEFAULT_PATH, curve="secp256k1"):
         return store.create(curve), True
 
 
-def describe(key):
-    """Public facts of ``key`` as a JSON-ready dict (no secret in it)."""
+def describe(key, document=True):
+    """Public facts of ``key`` as a JSON-ready dict (no secret in it); the DID
+    document only if ``document``."""
     curve = key.curve
     pub = key.public_key()
     info = {
@@ -25,8 +26,9 @@ def describe(key):
         "did_key": did.did_key(curve, pub),
         "address": None,
         "io_address": None,
-        "document": did.did_document(key),
     }
+    if document:
+        info["document"] = did.did_document(key)
     if curve != "ed25519":
         info["address"] = did.eth_address(pub)
         info["io_address"] = did.io_address(pub)
