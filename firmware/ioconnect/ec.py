@@ -43,7 +43,7 @@ class Curve:
         self._w = 0
         self._buf = bytearray(_PT)
         self._naf = bytearray(264)  # width-4 NAF digits of a scalar below n
-        self._fe = None  # secp256k1: (k1field, its buffers); False: bigints only
+        self._fe = None  # secp256k1: (k1field, its workspace); False: bigints only
 
     # -- affine helpers -------------------------------------------------
     def on_curve(self, x, y):
@@ -181,7 +181,7 @@ class Curve:
                     from ioconnect import k1field
                 except (ImportError, ValueError, SyntaxError):
                     return False
-                self._fe = (k1field, k1field.buffers())
+                self._fe = (k1field, k1field.workspace())
         return self._fe
 
     def mul_g(self, k):
@@ -220,9 +220,8 @@ class Curve:
             i += 1
         return acc
 
-    def _mul_g_fe(self, f, k, F, bufs):
-        # mul_g with the sum kept in k1field buffers (16-bit limbs, in place).
-        X, Y, Z, x2, y2, t1, t2, t3, T = bufs
+    def _mul_g_fe(self, f, k, F, ws):
+        # mul_g with the sum kept in a k1field workspace: one call per term.
         w = self._w
         mask = (1 << w) - 1
         half = 1 << (w - 1)
@@ -242,31 +241,27 @@ class Curve:
                 f.seek(_HDR + ((i << (w - 1)) + (d if d > 0 else -d) - 1) * _PT)
                 if f.readinto(buf) != _PT:
                     raise ECError("table file truncated")
-                F.load_be(x2, buf, 0)
-                F.load_be(y2, buf, 32)
-                if d < 0:
-                    F.neg(y2)
                 if empty:
-                    F.copy(X, x2, 0)
-                    F.copy(Y, y2, 0)
-                    F.copy(Z, Z, 1)
+                    F.run(ws, buf, F.FIRST if d > 0 else F.FIRST_NEG)
                     empty = False
-                elif F.madd(X, Y, Z, x2, y2, t1, t2, t3, T):
-                    # Same x (never seen in practice): let the bigint code
-                    # double or cancel, and take its result back.
+                elif F.run(ws, buf, F.ADD if d > 0 else F.ADD_NEG):
+                    # Same x (cannot happen for 0 < k < n; kept for safety): the
+                    # bigint code doubles or cancels, and its result goes back.
+                    y = int.from_bytes(buf[32:64], "big")
                     P = self.add_affine(
-                        (_int(X), _int(Y), _int(Z)), _int(x2), _int(y2)
+                        (_slot(ws, F.X), _slot(ws, F.Y), _slot(ws, F.Z)),
+                        int.from_bytes(buf[0:32], "big"),
+                        y if d > 0 else self.p - y,
                     )
                     if P[2]:
-                        X[:] = P[0].to_bytes(32, "little")
-                        Y[:] = P[1].to_bytes(32, "little")
-                        Z[:] = P[2].to_bytes(32, "little")
+                        for j in range(3):
+                            ws[32 * j : 32 * j + 32] = P[j].to_bytes(32, "little")
                     else:
                         empty = True
             i += 1
         if empty:
             return (1, 1, 0)
-        return _int(X), _int(Y), _int(Z)
+        return _slot(ws, F.X), _slot(ws, F.Y), _slot(ws, F.Z)
 
     def mul(self, P, k):
         # k*P for any Jacobian point P, width-4 NAF over odd multiples P, 3P, 5P, 7P.
@@ -303,9 +298,9 @@ class Curve:
         return acc
 
 
-def _int(b):
-    # A k1field element (little-endian limbs) as an int.
-    return int.from_bytes(b, "little")
+def _slot(ws, i):
+    # Slot i of a k1field workspace (little-endian limbs) as an int.
+    return int.from_bytes(ws[32 * i : 32 * i + 32], "little")
 
 
 def _table_path(name):
