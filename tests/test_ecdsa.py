@@ -224,7 +224,8 @@ def test_without_table_and_with_corrupt_table(device: RunDevice, tmp_path: Path)
     # a table with a flipped bit must make signing fail loudly, never sign with a wrong R.
     table = firmware_dir() / "ioconnect" / "tables" / "secp256k1.bin"
     bad = bytearray(table.read_bytes())
-    for entry in range(3 * 32):  # one bit in every point of the first three windows
+    per_window = 1 << (bad[6] - 1)  # header byte 6: the window width
+    for entry in range(3 * per_window):  # one bit in every point of the first three windows
         bad[8 + 64 * entry + 40] ^= 0x01
     (tmp_path / "bad.bin").write_bytes(bytes(bad))
     shutil.copy(table, tmp_path / "good.bin")

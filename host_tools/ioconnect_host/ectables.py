@@ -17,9 +17,11 @@ from .paths import firmware_dir
 
 __all__ = ["CURVES", "WINDOW_BITS", "build_table", "main"]
 
-#: Window width, chosen by measurement (benchmarks/crypto.py): 6 bits gives 43
-#: additions per k*G and an 88 KB file per curve.
-WINDOW_BITS = 6
+#: Window width per curve, chosen by measurement (benchmarks/crypto.py --engine
+#: rp2040): 6 bits gives 43 additions per k*G and an 88 KB file; secp256k1 (the
+#: signing curve of W3bstream and ioID) takes 7 bits: 37 additions, a 148 KB file,
+#: 7 ms less per signature on an RP2040.
+WINDOW_BITS = {"secp256k1": 7, "p256": 6}
 
 Point = tuple[int, int] | None
 
@@ -74,9 +76,12 @@ def _add(c: CurveParams, P: Point, Q: Point) -> Point:
     return x3, (lam * (x1 - x3) - y1) % c.p
 
 
-def build_table(curve: str, w: int = WINDOW_BITS) -> bytes:
-    """The table file's bytes for ``curve`` with ``w``-bit signed windows."""
+def build_table(curve: str, w: int | None = None) -> bytes:
+    """The table file's bytes for ``curve`` with ``w``-bit signed windows
+    (default: ``WINDOW_BITS[curve]``)."""
     c = CURVES[curve]
+    if w is None:
+        w = WINDOW_BITS[curve]
     windows = (c.n.bit_length() + 1 + w - 1) // w  # +1: the top digit may carry
     out = bytearray(b"IOEC" + bytes((1, c.cid, w, windows)))
     base: Point = (c.gx, c.gy)
