@@ -6,7 +6,8 @@
 # the number's little-endian bytes), kept in slots of one preallocated
 # workspace, and a whole step of k*G (load a table point, negate it, add it)
 # is one call that runs a short program over the slots: no allocation, and
-# one Python-to-viper call instead of nineteen (each costs about 15 us there).
+# one call instead of nineteen (a mixed addition: 1.23 ms, from 1.27 ms as
+# separate viper calls and 2.3 ms as bigints).
 #
 # 16-bit limbs: a limb product fits 32 bits, so the code means the same on
 # every viper target (armv6m, xtensa(win), rv32imc: 32-bit words; x64: 64-bit).
