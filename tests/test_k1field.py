@@ -79,7 +79,7 @@ from ioconnect import ec
 C = ec.SECP256K1
 mode = "{mode}"
 if mode == "bigint":
-    C._fe = False  # a port without the viper emitter
+    ec._k1 = None  # as on a port that refuses viper code
 elif mode == "fallback":
     from ioconnect import k1field
     _run = k1field.run
@@ -89,7 +89,7 @@ elif mode == "fallback":
 out = []
 for k in json.load(open("cases.json")):
     x, y = C.to_affine(C.mul_g(k))
-    out.append([x, y, C._fe is not False])
+    out.append([x, y, ec._k1 is not None])
 print(json.dumps(out))
 """
 

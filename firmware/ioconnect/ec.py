@@ -7,6 +7,15 @@
 # multiplied with a width-4 NAF.
 from micropython import const
 
+# secp256k1's k*G in viper (k1field), imported with this module: on the quiet
+# heap where a job starts, not in the middle of its first signature (its
+# machine code and workspace stay for good, see ioconnect.RESIDENT). A port
+# without the viper emitter refuses the module; k*G then stays with bigints.
+try:
+    from ioconnect import k1field as _k1
+except (ImportError, ValueError, SyntaxError):
+    _k1 = None
+
 _HDR = const(8)  # table header: b"IOEC", version, curve id, window bits, windows
 _PT = const(64)  # one affine point: X || Y, 32 bytes each, big-endian
 
@@ -43,7 +52,6 @@ class Curve:
         self._w = 0
         self._buf = bytearray(_PT)
         self._naf = bytearray(264)  # width-4 NAF digits of a scalar below n
-        self._fe = None  # secp256k1: (k1field, its workspace); False: bigints only
 
     # -- affine helpers -------------------------------------------------
     def on_curve(self, x, y):
@@ -170,20 +178,6 @@ class Curve:
                 f.close()
         return self._f
 
-    def _field(self):
-        # secp256k1's viper field arithmetic (k1field), imported on first use:
-        # its native code costs heap, and a port without the viper emitter
-        # refuses the module; k*G then stays with bigints.
-        if self._fe is None:
-            self._fe = False
-            if self.cid == 1:
-                try:
-                    from ioconnect import k1field
-                except (ImportError, ValueError, SyntaxError):
-                    return False
-                self._fe = (k1field, k1field.workspace())
-        return self._fe
-
     def mul_g(self, k):
         # k*G, Jacobian. Signed radix-2^w digits d_i in [-2^(w-1), 2^(w-1)]:
         # k*G = sum d_i * (2^(w*i) G), each term one table read and one addition.
@@ -191,9 +185,8 @@ class Curve:
         f = self._open_table()
         if not f:
             return self.mul((self.g[0], self.g[1], 1), k)
-        fe = self._field()
-        if fe:
-            return self._mul_g_fe(f, k, fe[0], fe[1])
+        if self.cid == 1 and _k1:
+            return self._mul_g_fe(f, k, _k1, _k1.WS)
         w = self._w
         mask = (1 << w) - 1
         half = 1 << (w - 1)

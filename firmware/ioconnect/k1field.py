@@ -44,6 +44,11 @@ def workspace():
     return bytearray(_SIZE)
 
 
+# ec's workspace, made once at import: the module stays loaded (it is
+# RESIDENT), so this never moves and never leaves a gap in the heap.
+WS = workspace()
+
+
 def program(*ins):
     """The bytes of a program: each instruction a tuple (op, r, a, b)."""
     out = bytearray()
