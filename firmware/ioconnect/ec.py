@@ -14,7 +14,7 @@ from micropython import const
 try:
     from ioconnect import k1field as _k1
 except (ImportError, ValueError, SyntaxError):
-    _k1 = None
+    _k1 = None  # type: ignore[assignment]
 
 _HDR = const(8)  # table header: b"IOEC", version, curve id, window bits, windows
 _PT = const(64)  # one affine point: X || Y, 32 bytes each, big-endian
