@@ -124,7 +124,9 @@ def op_identity_create(req):
     if store.exists():
         raise AgentError("identity_exists", "identity exists; rotate to replace")
     try:
-        return _identity(store.create(curve))
+        # The answer is made before the key is stored: a failure (a module that
+        # will not import, out of memory) leaves no key the host never heard of.
+        return store.create(curve, _identity)
     except keys.KeyStoreError as e:
         raise AgentError("storage", str(e))
 
@@ -137,7 +139,7 @@ def op_identity_rotate(req):
     curve = _arg(req, "curve", str, "secp256k1")
     if curve not in _CURVES:
         raise AgentError("bad_request", "unknown curve %r" % curve)
-    return _identity(_store().rotate(curve))
+    return _store().rotate(curve, _identity)  # answer first, as for create
 
 
 def op_diddoc(req):

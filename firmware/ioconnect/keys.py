@@ -228,27 +228,35 @@ class KeyStore:
                 return _make(*parts)
         raise NoIdentityError("no identity in %s" % self.path)
 
-    def create(self, curve="secp256k1"):
-        """Generate and store a new key; refuses if an identity exists."""
+    def create(self, curve="secp256k1", derive=None):
+        """Generate and store a new key; refuses if an identity exists.
+
+        Returns the Key, or ``derive(key)`` if given: it runs before anything is
+        written, so what it raises (an import, out of memory) stores nothing,
+        and what it returns is ready once the key is stored."""
         ci = _curve_index(curve)
         try:
             self.load()
         except NoIdentityError:
-            return self._store(ci, False)
+            return self._store(ci, False, derive)
         # A corrupt file also raised above: never overwrite what may be recoverable.
         raise KeyStoreError("identity exists; rotate to replace")
 
-    def rotate(self, curve="secp256k1"):
-        """Replace the key (even a corrupt one); the old file becomes backup_path."""
+    def rotate(self, curve="secp256k1", derive=None):
+        """Replace the key (even a corrupt one); the old file becomes backup_path.
+        ``derive`` as for create()."""
         ci = _curve_index(curve)
         try:
             self.load()  # also finishes an interrupted commit first
         except KeyStoreError:
             pass
-        return self._store(ci, True)
+        return self._store(ci, True, derive)
 
-    def _store(self, ci, backup):
+    def _store(self, ci, backup, derive):
         secret, pub = _generate(ci)
+        key = _make(ci, secret, pub)
+        if derive is not None:
+            key = derive(key)  # before the write: a failure here leaves the store as it was
         blob = _encode(ci, secret, pub)
         tmp = self._tmp
         try:
@@ -269,4 +277,4 @@ class KeyStore:
             # Full or failing flash: the committed file is untouched (or, past
             # the backup rename, the complete temp file is adopted by load()).
             raise KeyStoreError("%s: cannot write the key (errno %s)" % (self.path, e.errno))
-        return _make(ci, secret, pub)
+        return key
