@@ -63,3 +63,39 @@ def test_a_rotation_that_fails_keeps_the_old_key(board: Board) -> None:
 
     put_keccak(board, (host_build() / KECCAK).read_bytes())
     assert agent.identity_show(board) == before
+
+
+# Fault injection on the board's own VM: "json" in sys.modules (looked up before
+# the built-in module; it stays loaded across agent calls) is a wrapper whose
+# dumps fails once for an answer with a DID other than OLD_DID: the answer of
+# the call that made a key ("MemoryError" while framing it, after the store).
+# The agent's own fallback then answers "no_memory".
+ANSWER_DOES_NOT_FIT = """
+import json, sys
+
+class _Tight:
+    failed = False
+
+    def __getattr__(self, name):
+        return getattr(json, name)
+
+    def dumps(self, obj):
+        result = obj.get("result") if isinstance(obj, dict) else None
+        did = result.get("did") if isinstance(result, dict) else None
+        if did not in (None, OLD_DID) and not _Tight.failed:
+            _Tight.failed = True
+            raise MemoryError
+        return json.dumps(obj)
+
+sys.modules["json"] = _Tight()
+"""
+
+
+@pytest.mark.parametrize("ioc_board_name", ["rpi-pico"], indirect=True)
+@pytest.mark.parametrize("op", ["identity.create", "identity.rotate"])
+def test_a_key_stored_whose_answer_did_not_fit_is_reported(board: Board, op: str) -> None:
+    before = agent.identity_create(board, "secp256k1") if op == "identity.rotate" else None
+    board.exec(ANSWER_DOES_NOT_FIT.replace("OLD_DID", repr(before and before["did"])))
+    got = board.session.call(op, curve="secp256k1")
+    assert got["did"].startswith("did:io:0x") and got != before
+    assert agent.identity_show(board) == got

@@ -138,7 +138,9 @@ class Session:
 
         If the answer to ``identity.create`` or ``identity.rotate`` does not come
         in time, the board is asked what it did: the key it made is returned as
-        the answer would have (see ``_after_lost_answer``). A read-only operation
+        the answer would have (see ``_after_lost_answer``); the same when their
+        answer is ``no_memory`` (the key may be stored and only the answer not
+        fit), asked after a soft reset. A read-only operation
         that ran out of memory runs once more after a soft reset (a fresh heap).
 
         Raises:
@@ -166,6 +168,17 @@ class Session:
             if op not in _CHANGES_IDENTITY or exc.__class__ is not TransportError:
                 raise
             return self._after_lost_answer(op, exc, before)
+        except agent.AgentError as exc:
+            if op not in _CHANGES_IDENTITY or exc.code != "no_memory":
+                raise
+            # The device makes its answer before it stores the key, but the
+            # frame around it may still not fit: asked on a fresh heap, the key
+            # is there (this call made it) or the refusal stands.
+            self.transport.enter_raw_repl(soft_reset=True, timeout_s=10.0 * self.scale)
+            made = self._key_made(op, before)
+            if made is None:
+                raise
+            return made
         except DeviceExecError as exc:
             if exc.code == "ImportError":
                 raise FirmwareMissingError(
@@ -184,6 +197,14 @@ class Session:
             raise
         return result
 
+    def _key_made(self, op: str, before: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The identity ``op`` made, or None: a key there now (create, which
+        refuses when one exists) or one other than ``before`` (rotate)."""
+        now = self._current_identity()
+        if now is not None and (op == "identity.create" or now != before):
+            return now
+        return None
+
     def _after_lost_answer(
         self, op: str, lost: TransportError, before: dict[str, Any] | None
     ) -> dict[str, Any]:
@@ -201,11 +222,10 @@ class Session:
             TransportError: the board did not make the key (says which it has).
         """
         self.transport.enter_raw_repl(timeout_s=10.0 * self.scale)
-        now = self._current_identity()
-        made = now is not None and (op == "identity.create" or now != before)
-        if made:
-            assert now is not None
-            return now
+        made = self._key_made(op, before)
+        if made is not None:
+            return made
+        now = before if op == "identity.rotate" else None
         kept = f"it keeps {now['did']}" if now else "it has no identity"
         raise TransportError(
             f"{self.port}: {op} got no answer in time ({lost.args[0]}); the board did not "
