@@ -202,6 +202,35 @@ def test_bad_config_is_one_line_error(
         assert code != 0 and says in error_line(err)
 
 
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ({"mqtt.prot": 1883}, "unknown setting 'mqtt.prot'"),
+        ({"mqtt.port": 70000}, "mqtt.port must be an integer in 1..65535"),
+        ({"mqtt.tls": "yes"}, "mqtt.tls must be true or false"),
+        ({"w3bstream.project_id": "4x2"}, "w3bstream.project_id must be a decimal number"),
+    ],
+)
+def test_config_the_firmware_refuses_is_one_line_error(
+    pico_uf2: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    setting: dict[str, object],
+    says: str,
+) -> None:
+    # Checked by the firmware's own config.check on MicroPython, as `config set` is.
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({**CONFIG, **setting}))
+    out = tmp_path / "o.uf2"
+    code, _, err = run_cli(
+        capsys, "image", "build", "--board", "rpi-pico", "--firmware", str(pico_uf2),
+        "--config", str(cfg), "-o", str(out),
+    )  # fmt: skip
+    assert code != 0
+    assert error_line(err).endswith(f"--config {cfg}: {says}")
+    assert not out.exists()
+
+
 def test_pico_image_boots_on_the_emulated_rp2040(
     pico_uf2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -77,7 +77,38 @@ def _config_bytes(path: Path) -> bytes:
     if not isinstance(value, dict):
         raise ImageError(f"--config {path} must be a JSON object (as `ioconnect config set` keeps)")
     # The layout `config set` leaves on the board (MicroPython's json.dump).
-    return json.dumps(value, separators=(", ", ": ")).encode()
+    out = json.dumps(value, separators=(", ", ": ")).encode()
+    problem = _device_config_problem(out)
+    if problem:
+        raise ImageError(f"--config {path}: {problem}")
+    return out
+
+
+# The firmware's own checks (firmware/ioconnect/config.py: strict JSON, then
+# SCHEMA key by key), the ones `ioconnect config set` meets on the board: a
+# typo here would otherwise be in every board flashed from the image.
+_CHECK_SCRIPT = """
+from ioconnect import config
+try:
+    d = config.load()
+    for k in sorted(d):
+        config.check(k, d[k])
+    print("OK")
+except config.ConfigError as e:
+    print("BAD", e)
+"""
+
+
+def _device_config_problem(data: bytes) -> str:
+    """What the device would refuse in config.json ``data`` ("" if nothing)."""
+    import tempfile
+
+    from .vm import run_script
+
+    with tempfile.TemporaryDirectory(prefix="ioconnect-config-") as tmp:
+        (Path(tmp) / CONFIG_PATH).write_bytes(data)
+        out = run_script(_CHECK_SCRIPT, fs_dir=Path(tmp), timeout_s=120.0).strip()
+    return "" if out == "OK" else out.removeprefix("BAD ")
 
 
 def image_files(
@@ -105,7 +136,8 @@ def build_image(
 
     Raises:
         ImageError: the firmware is not for this board family or does not fit
-            below the filesystem, or the config is not a JSON object.
+            below the filesystem, or the config is not a JSON object or holds
+            a setting the firmware refuses (unknown key, wrong type, out of range).
         UF2Error: a Pico firmware UF2 that is malformed or for another chip.
         FlashFsError: the files do not fit the partition.
     """
