@@ -22,6 +22,7 @@ from clirun import error_message, run_cli
 from espimage import app_image, merged_image, wait_until
 from ioconnect_host import agent
 from ioconnect_host.boards import load_board
+from ioconnect_host.firmware import host_mpy_arch
 from ioconnect_host.flash_esp import FlashError, flash_esp
 from ioconnect_host.ports import select_port
 from ioconnect_host.transport import SerialTransport
@@ -97,6 +98,34 @@ def test_image_build_flash_boot_provision_end_to_end(
         assert agent.identity_show(t)["did"] == did
         assert b"boot.py" in t.exec("import os; print(os.listdir('/'))")
         assert b"line-9" in t.exec("print(open('config.json').read())")
+
+
+def test_image_for_another_architecture_is_refused_before_the_board_is_touched(
+    esp: VirtualBoard, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The ESP32's own build (xtensawin .mpy): this virtual board's VM loads only
+    # this machine's native code, so the image would flash and then not boot.
+    (tmp_path / "mp.bin").write_bytes(app_image("esp32", b"\x5a" * 4096))
+    code, _, err = run_cli(
+        capsys, "image", "build", "--board", "esp32", "--firmware", str(tmp_path / "mp.bin"),
+        "-o", str(tmp_path / "fw.bin"),
+    )  # fmt: skip
+    assert code == 0, err
+    flash = esp.config.state_dir / FLASH_FILE
+    before = flash.read_bytes() if flash.exists() else None
+    code, _, err = run_cli(
+        capsys, "flash", "--board", "esp32", "--firmware", str(tmp_path / "fw.bin"),
+        "-p", f"sim:{esp.config.name}",
+    )  # fmt: skip
+    assert code != 0
+    assert error_message(err).startswith(
+        f"fw.bin holds firmware compiled for xtensawin, but the virtual board "
+        f"{esp.config.name} runs {host_mpy_arch()} code"
+    )
+    assert not esp.in_download_mode
+    assert (flash.read_bytes() if flash.exists() else None) == before
+    with SerialTransport(esp.port) as t:
+        assert agent.info(t)["firmware"] == "0.1.0"
 
 
 def test_reflash_keeps_identity_and_erase_needs_erase_identity(

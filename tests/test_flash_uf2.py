@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 from clirun import error_line, run_cli
 from ioconnect_host import agent
+from ioconnect_host.boards import load_board
 from ioconnect_host.cli import main
+from ioconnect_host.firmware import host_mpy_arch
+from ioconnect_host.flash_arch import image_mpy_arch
 from ioconnect_host.transport import SerialTransport
 from ioconnect_sim.flashfs import flash_path
 from ioconnect_sim.launch import start_board
@@ -98,11 +101,38 @@ def test_bad_uf2_is_refused_before_the_board_is_touched(
             assert agent.info(t)["firmware"] == "0.1.0"
 
 
-def test_no_drive_gives_the_steps_to_do_by_hand(
-    image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_image_for_another_architecture_is_refused_before_the_board_is_touched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # The board's own build (armv6m .mpy), as for a real Pico: the virtual board on
+    # the unix engine loads only this machine's native code.
+    armv6m = tmp_path / "pico.uf2"
+    code = main(["image", "build", "--board", "rpi-pico", "--firmware", str(pico_firmware()),
+                 "-o", str(armv6m)])  # fmt: skip
+    assert code == 0
+    assert image_mpy_arch(load_board("rpi-pico"), armv6m.read_bytes()) == "armv6m"
+    with start_board("rpi-pico", name="flash-arch", state_dir=tmp_path / "st") as vb:
+        code, _, err = run_cli(capsys, "flash", "-p", "sim:flash-arch", "--firmware", str(armv6m))
+        assert code != 0
+        assert error_line(err).startswith(
+            f"ioconnect: error: pico.uf2 holds firmware compiled for armv6m, but the virtual "
+            f"board flash-arch runs {host_mpy_arch()} code"
+        )
+        assert not (vb.config.state_dir / "RPI-RP2").exists()
+        assert not flash_path(vb.config.state_dir).exists()
+        with SerialTransport(vb.port) as t:
+            assert agent.info(t)["firmware"] == "0.1.0"
+    # MicroPython alone carries no firmware of ours: nothing to compare.
+    assert image_mpy_arch(load_board("rpi-pico"), pico_firmware().read_bytes()) is None
+
+
+def test_no_drive_gives_the_steps_to_do_by_hand(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # MicroPython alone: no BOOTSEL drive for it, whatever the image holds.
     code, _, err = run_cli(
-        capsys, "flash", "--board", "rpi-pico", "--bootsel-only", "--firmware", str(image),
+        capsys, "flash", "--board", "rpi-pico", "--bootsel-only", "--firmware",
+        str(pico_firmware()),
         "--drive", str(tmp_path), "--timeout", "1",
     )  # fmt: skip
     assert code != 0

@@ -27,7 +27,12 @@ Flasher: TypeAlias = Callable[[Board, argparse.Namespace, "BoardRef | None"], di
 
 
 def _flash_uf2(board: Board, args: argparse.Namespace, ref: BoardRef | None) -> dict[str, object]:
-    from .flash_uf2 import flash_uf2
+    from .flash_arch import check_image_arch
+    from .flash_uf2 import check_uf2_for, flash_uf2
+
+    data = args.firmware.read_bytes()
+    check_uf2_for(board, data, args.firmware.name)  # its own words for a malformed file first
+    check_image_arch(board, ref, data, args.firmware.name)
 
     result = flash_uf2(
         board,
@@ -49,6 +54,7 @@ def _press_enter(message: str) -> None:
 
 
 def _flash_bin(board: Board, args: argparse.Namespace, ref: BoardRef | None) -> dict[str, object]:
+    from .flash_arch import check_image_arch
     from .flash_esp import check_image, flash_esp
 
     try:
@@ -56,6 +62,7 @@ def _flash_bin(board: Board, args: argparse.Namespace, ref: BoardRef | None) -> 
     except OSError as exc:
         raise UsageError(f"cannot read --firmware {args.firmware}: {exc.strerror}") from None
     check_image(board, image)  # a wrong image is refused before the board is touched
+    check_image_arch(board, ref, image, args.firmware.name)
     if ref is None:
         raise UsageError(f"give -p/--port: {board.name} is flashed over its serial port")
     if args.erase and args.erase_identity:
