@@ -12,6 +12,9 @@ import contextlib
 import json
 import os
 import pty
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -126,6 +129,57 @@ def test_image_for_another_architecture_is_refused_before_the_board_is_touched(
     assert (flash.read_bytes() if flash.exists() else None) == before
     with SerialTransport(esp.port) as t:
         assert agent.info(t)["firmware"] == "0.1.0"
+
+
+def test_ctrl_c_mid_flash_says_what_the_board_holds_and_flashing_again_recovers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    board = load_board("esp32")
+    # An incompressible 256 KB app over the wire's 115200 baud: about 20 s of writing,
+    # time to press Ctrl-C (SIGINT, as a terminal sends it) half-way.
+    image = merged_image(board, {"hello.txt": b"hi"}, app=app_image("esp32", os.urandom(1 << 18)))
+    (tmp_path / "m.bin").write_bytes(image)
+    start = board.flash.firmware_offset
+    probe = slice(start + 0x2000, start + 0x3000)  # past the header esptool may adjust
+    # --erase-identity: this blank board's filesystem need not be read first (minutes
+    # at this baud rate).
+    argv = ["flash", "--board", "esp32", "--firmware", str(tmp_path / "m.bin"),
+            "-p", "sim:fl-ctrl-c", "--erase-identity"]  # fmt: skip
+    with start_board("esp32", name="fl-ctrl-c", state_dir=tmp_path / "st", fast=False) as vb:
+        flash = vb.config.state_dir / FLASH_FILE
+
+        def chip() -> bytes:
+            return flash.read_bytes()[: len(image)] if flash.exists() else b""
+
+        def writing() -> bool:
+            assert proc.poll() is None, proc.communicate()
+            return chip()[probe] == image[probe]
+
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ioconnect_host.launcher", *argv, "--baud", "115200"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(writing, "the write to begin", 180)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        assert proc.returncode == 130, err
+        assert err == (
+            "ioconnect: flash interrupted: the board may hold a half-written image and not "
+            "boot; flash it again (the ESP32's ROM download mode and the Pico's BOOTSEL are "
+            "in ROM and still work)\n"
+        )
+        assert out == ""
+        assert chip() != image  # cut mid-write indeed
+        # What the line says: flashing again works.
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 0, err
+        assert chip() == image
+        booted(vb)
 
 
 def test_reflash_keeps_identity_and_erase_needs_erase_identity(

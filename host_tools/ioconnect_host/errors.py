@@ -46,6 +46,10 @@ class UsageError(IoconnectError):
 _AFTER_INTERRUPT = {
     "deploy": "the board boots its old firmware or the new one whole, never a mix; "
     "run deploy again to finish",
+    # Cut mid-write, the firmware (or the image's filesystem) is half there; the
+    # loaders that take a new one are in the chip's ROM, which a flash never writes.
+    "flash": "the board may hold a half-written image and not boot; flash it again "
+    "(the ESP32's ROM download mode and the Pico's BOOTSEL are in ROM and still work)",
 }
 
 
