@@ -4,7 +4,12 @@ over HTTP, the relay, virtual boards running the firmware's own attestation loop
 from __future__ import annotations
 
 import json
+import re
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +76,50 @@ def test_demo_command_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
             assert task["payload"] is not None
     finally:
         node.close()
+
+
+def _accepted_at_node(node_db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{node_db}?mode=ro", uri=True) as db:
+            return int(db.execute("SELECT count(*) FROM tasks").fetchone()[0])
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
+def test_ctrl_c_mid_demo_prints_the_counts_so_far_and_exits_130(tmp_path: Path) -> None:
+    # A long run, stopped by Ctrl-C (SIGINT, as a terminal sends it) once the node
+    # holds a reading: the summary of what was counted, then the interrupt line.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ioconnect_host.launcher", "demo", "--devices", "1",
+         "--duration", "3600", "--broker", "mosquitto", "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while _accepted_at_node(tmp_path / "node.sqlite3") < 1:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no reading reached the node"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.splitlines()[-1] == "ioconnect: demo interrupted"
+    lines = out.splitlines()
+    assert lines, f"no summary printed; stderr: {err}"
+    counts = re.fullmatch(
+        r"1 devices: (\d+) readings signed before the stop, (\d+) relayed \(in all\), "
+        r"(\d+) accepted by the node, 0 rejected, \d+ duplicates suppressed",
+        lines[0],
+    )
+    assert counts, out
+    signed, relayed, accepted = (int(n) for n in counts.groups())
+    assert signed >= 1 and relayed >= 1 and accepted >= 1
+    assert accepted <= signed
+    assert lines[-1].startswith("interrupted: the counts so far")
 
 
 @pytest.mark.parametrize(

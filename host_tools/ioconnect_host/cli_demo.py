@@ -12,7 +12,8 @@ import sys
 from typing import Any, TypeAlias
 
 from .cli_args import number_in
-from .demo import DemoOptions, DemoResult, DeviceView, run_demo
+from .demo import DemoInterrupted, DemoOptions, DemoResult, DeviceView, run_demo
+from .errors import report_interrupt
 
 __all__ = ["add_demo_command"]
 
@@ -47,7 +48,7 @@ class _LiveView:
         self._lines = len(rows)
 
 
-def _print_summary(result: DemoResult) -> None:
+def _print_summary(result: DemoResult, *, interrupted: bool = False) -> None:
     t = result.totals
     print(
         f"{t['devices']} devices: {t['signed']} readings signed before the stop, "
@@ -68,7 +69,10 @@ def _print_summary(result: DemoResult) -> None:
     for f in result.faults:
         facts = ", ".join(f"{k} {v}" for k, v in f.to_json().items() if k not in ("fault", "at_s"))
         print(f"fault at {f.at_s:5.1f} s: {f.fault}: {facts}")
-    print("every reading accepted exactly once" if result.ok else "NOT every reading arrived:")
+    if interrupted:
+        print("interrupted: the counts so far (readings on their way were not waited for)")
+    else:
+        print("every reading accepted exactly once" if result.ok else "NOT every reading arrived:")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -88,7 +92,15 @@ def _demo(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"demo: {text}", file=sys.stderr, flush=True)
 
-    result = run_demo(opts, on_update=None if args.json else _LiveView(), progress=progress)
+    try:
+        result = run_demo(opts, on_update=None if args.json else _LiveView(), progress=progress)
+    except DemoInterrupted as stop:
+        # What was counted is still worth seeing; exit as Ctrl-C does (130).
+        if args.json:
+            print(json.dumps({**stop.partial.to_json(), "interrupted": True}))
+        else:
+            _print_summary(stop.partial, interrupted=True)
+        return report_interrupt("demo")
     if args.json:
         print(json.dumps(result.to_json()))
     else:

@@ -42,7 +42,7 @@ from .provision import ProvisionOptions, provision
 from .relay_service import RelayOptions, RelayService
 from .session import open_session
 
-__all__ = ["DemoError", "DemoOptions", "DemoResult", "DeviceView", "run_demo"]
+__all__ = ["DemoError", "DemoInterrupted", "DemoOptions", "DemoResult", "DeviceView", "run_demo"]
 
 
 class DemoError(IoconnectError):
@@ -106,6 +106,14 @@ class DemoResult:
             "faults": [f.to_json() for f in self.faults],
             "problems": self.problems,
         }
+
+
+class DemoInterrupted(KeyboardInterrupt):
+    """Ctrl-C once the boards attest: ``partial`` holds the counts so far."""
+
+    def __init__(self, partial: DemoResult) -> None:
+        super().__init__()
+        self.partial = partial
 
 
 Snapshot = Callable[[list[DeviceView], dict[str, Any]], None]
@@ -282,9 +290,14 @@ def run_demo(
                 return all(len(v.accepted) >= opts.messages for v in views)
             return time.monotonic() - start >= opts.duration_s
 
-        while not done() or (breaker is not None and breaker.is_alive()):
-            time.sleep(0.5)
-            refresh()
+        try:
+            while not done() or (breaker is not None and breaker.is_alive()):
+                time.sleep(0.5)
+                refresh()
+        except KeyboardInterrupt:
+            # Counted as of now (nothing waited for); the parts are stopped below.
+            collect()
+            raise DemoInterrupted(_result(views, relay.stats(), time.time(), faults)) from None
         stop_at = time.time()
         say("time is up: readings signed from now on are not counted; waiting for the last ones")
         deadline = time.monotonic() + opts.settle_s
