@@ -37,6 +37,7 @@ def test_attest_once_verifies_against_go_and_cose(tmp_path: Path) -> None:
         code, out, err = cli(["attest", "--once", "--port", vb.port, "--json"])
         assert code == 0, err
         res: dict[str, Any] = json.loads(out)
+        attest_json = out
         # -p and sim:NAME, as every other board command takes them: a later nonce.
         code, out, err = cli(["attest", "--once", "-p", "sim:attest-once", "--json"])
         assert code == 0, err
@@ -48,6 +49,16 @@ def test_attest_once_verifies_against_go_and_cose(tmp_path: Path) -> None:
     finally:
         vb.stop()
     assert res["verified"] is True and res["address"] == address
+    # `verify` of this output holds the signer to its own "address", as --address does.
+    (tmp_path / "a.json").write_text(attest_json)
+    code, out, err = cli(["verify", str(tmp_path / "a.json"), "--signed-key", "timestamp"])
+    assert code == 0, err
+    assert address in out and "the signer was not compared" not in out
+    other = "0x" + "ab" * 20
+    (tmp_path / "b.json").write_text(json.dumps({**res, "address": other}))
+    code, out, err = cli(["verify", str(tmp_path / "b.json"), "--signed-key", "timestamp"])
+    assert code == 1, (out, err)
+    assert err.startswith("ioconnect: invalid: ") and other in err and err.count("\n") == 1
     body = json.loads(res["request"])
     assert body["nonce"] == res["nonce"] and body["projectID"] == "42"
     payload = json.loads(res["payload"])

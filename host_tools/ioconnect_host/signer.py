@@ -19,7 +19,14 @@ from pathlib import Path
 from .verdict import MalformedError
 from .verify import keccak256, public_point
 
-__all__ = ["Claim", "address_of_key", "claim_from", "decode_did_key"]
+__all__ = [
+    "Claim",
+    "address_of_key",
+    "claim_from",
+    "decode_did_key",
+    "merge_claims",
+    "stated_claim",
+]
 
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _CODECS = {b"\xe7\x01": "secp256k1", b"\x80\x24": "p256", b"\xed\x01": "ed25519"}
@@ -157,6 +164,22 @@ def _from_key(text: str, curve: str | None, *, label: str) -> Claim:
     address = address_of_key(curve, full)
     did = f"did:io:{address}" if address else None
     return Claim(label=label, address=address, curve=curve, public_key=full, did=did)
+
+
+def stated_claim(address: object, where: str) -> Claim:
+    """The signer a message's own ``address`` field names, taken as ``--address`` is."""
+    if not isinstance(address, str) or not _ADDRESS.fullmatch(address):
+        raise MalformedError(f"{where} {address!r} is not 0x and 40 hex digits")
+    return Claim(label=f"{address} ({where})", address=address.lower())
+
+
+def merge_claims(a: Claim | None, b: Claim) -> Claim:
+    """One claim from two that must agree (``b`` alone if there is no ``a``).
+
+    Raises:
+        MalformedError: they name different keys or identities.
+    """
+    return b if a is None else _merge(a, b)
 
 
 def _merge(a: Claim, b: Claim) -> Claim:

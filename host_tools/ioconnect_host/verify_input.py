@@ -24,7 +24,7 @@ import re
 from typing import Any
 
 from .frames import FrameReader
-from .signer import Claim
+from .signer import Claim, merge_claims, stated_claim
 from .verdict import KINDS, Kind, MalformedError, Verdict
 from .verify_cose import verify_cose
 from .verify_eth import verify_eip191, verify_ioid_permit, verify_sprout
@@ -114,6 +114,15 @@ def _frame_object(data: bytes) -> dict[str, Any]:
     return obj
 
 
+def _with_stated_signer(data: bytes, claim: Claim | None) -> Claim | None:
+    # `ioconnect attest --json` wraps the request with the board's address: the
+    # signer is held to it as to --address (and to --address/--did too, if given).
+    obj = _json_object(data) if data.lstrip().startswith(b"{") else None
+    if obj is None or not isinstance(obj.get("request"), str) or "address" not in obj:
+        return claim
+    return merge_claims(claim, stated_claim(obj["address"], "the input's address"))
+
+
 def verify_bytes(
     data: bytes,
     *,
@@ -138,6 +147,7 @@ def verify_bytes(
     if len(data) > MAX_INPUT:
         raise MalformedError(f"input is {len(data)} bytes, more than {MAX_INPUT}")
     kind = kind or detect(data)
+    claim = _with_stated_signer(data, claim)
     if kind == "cose":
         obj = _json_object(data) if data.lstrip().startswith(b"{") else None
         if obj is not None:
