@@ -25,6 +25,7 @@ from ioconnect_host.cli import main
 from ioconnect_host.deploy import (
     MANIFEST,
     DeployError,
+    DeployResult,
     _commit,
     _stage,
     deploy,
@@ -356,6 +357,17 @@ def test_cli_json_and_one_line_errors(
     assert main(["deploy", "--port", "sim:no-such-board"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ioconnect: error: ") and "no-such-board" in err[0]
+
+
+def test_summary_counts_in_words(capsys: pytest.CaptureFixture[str]) -> None:
+    from ioconnect_host.cli_deploy import _summary
+
+    _summary(DeployResult(files_sent=[MANIFEST], bytes_sent=1, seconds=0.5))
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "sent 1 file (1 byte), skipped 0, deleted 0, in 0.50 s"
+    )
+    _summary(DeployResult(dry_run=True, files_sent=["a.mpy", MANIFEST], bytes_sent=70))
+    assert capsys.readouterr().out.startswith("would send 2 files (70 bytes), skipped 0,")
 
 
 def test_wrong_board_mpy_is_refused() -> None:

@@ -62,10 +62,14 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _summary(r: DeployResult) -> None:
     verb = "would send" if r.dry_run else "sent"
     print(
-        f"{verb} {len(r.files_sent)} files ({r.bytes_sent} bytes), skipped "
+        f"{verb} {_count(len(r.files_sent), 'file')} ({_count(r.bytes_sent, 'byte')}), skipped "
         f"{len(r.files_skipped)}, {'would delete' if r.dry_run else 'deleted'} "
         f"{len(r.files_deleted)}, in {r.seconds:.2f} s"
     )
