@@ -178,6 +178,24 @@ def test_monitor_checks_frames_and_shows_a_forged_one(looping: tuple[VirtualBoar
     assert summary["device"] == f"did:io:{address}" and summary["damaged"] == 1
 
 
+def test_monitor_shows_the_restart_from_its_first_byte(
+    looping: tuple[VirtualBoard, str],
+) -> None:
+    # Asked who it is, the board is restarted by the monitor: what it prints from
+    # then on is shown whole, from the restart's first line on.
+    vb, _address = looping
+    run = subprocess.run(
+        [*CLI, "monitor", "-p", f"sim:{vb.config.name}", "--frames", "1"],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.decode().splitlines()
+    # The prompt's line ends as Ctrl-D is taken, then the restart, whole.
+    assert lines[:3] == ["", "MPY: soft reboot", "ioconnect attesting (Ctrl-C for the REPL)"], (
+        lines[:4]
+    )
+
+
 def test_monitor_text_mode_and_frame_limit(looping: tuple[VirtualBoard, str]) -> None:
     vb, address = looping
     port = f"sim:{vb.config.name}"

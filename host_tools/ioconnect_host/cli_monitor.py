@@ -48,26 +48,27 @@ def _port_arg(p: argparse.ArgumentParser) -> None:
 # -- monitor -------------------------------------------------------------------
 
 
-def _device_claim(args: argparse.Namespace, port: Any) -> tuple[Claim | None, str]:
-    """The identity frames are checked against, and where it came from."""
+def _device_claim(args: argparse.Namespace, port: Any) -> tuple[Claim | None, str, bool]:
+    """The identity frames are checked against, where it came from, and whether the
+    board waits at its REPL prompt to be restarted (it was asked)."""
     named = args.did or args.address or args.public_key
     if named:
         claim = claim_from(
             did=args.did, address=args.address, public_key=args.public_key,
             curve=args.curve, inventory=args.inventory,
         )  # fmt: skip
-        return claim, "the command line" + (" and the inventory" if args.inventory else "")
+        return claim, "the command line" + (" and the inventory" if args.inventory else ""), False
     if args.no_ask:
-        return None, "nobody: --no-ask (signatures checked for form only)"
-    ident = identity_from_board(port)
+        return None, "nobody: --no-ask (signatures checked for form only)", False
+    ident = identity_from_board(port, restart=False)
     if args.inventory:
         # The board says who it is; the inventory must know it with the same key.
         claim = claim_from(
             did=ident["did"], public_key=ident["public_key"], curve=ident["curve"],
             inventory=args.inventory,
         )  # fmt: skip
-        return claim, "the board, as recorded in the inventory"
-    return claim_of_device(ident), "the board"
+        return claim, "the board, as recorded in the inventory", True
+    return claim_of_device(ident), "the board", True
 
 
 def _frame_line(event: MonitorEvent) -> str:
@@ -91,7 +92,7 @@ def _frame_line(event: MonitorEvent) -> str:
 
 def _monitor(args: argparse.Namespace) -> int:
     ref = select_port(args.port)
-    claim, source = _device_claim(args, ref)
+    claim, source, restart = _device_claim(args, ref)
     who = claim.did or claim.address or claim.label if claim else "nobody"
     if not args.json:
         print(f"monitor: {ref.port}, device {who} (from {source}); Ctrl-C quits", file=sys.stderr)
@@ -122,6 +123,11 @@ def _monitor(args: argparse.Namespace) -> int:
         while not stop():
             try:
                 with open_console(ref.port) as link:
+                    if restart:
+                        # Ctrl-D at the prompt, on the port read from here on: the
+                        # restart is shown from its first byte.
+                        link.write(b"\x04")
+                        restart = False
                     for event in watch(link, checker, stop=stop, tally=tally):
                         show(event)
             except PortError as exc:

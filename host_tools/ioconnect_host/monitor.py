@@ -152,13 +152,19 @@ def watch(
         yield MonitorEvent("text", value)
 
 
-def identity_from_board(ref: BoardRef, *, timeout_s: float = 20.0) -> dict[str, Any]:
+def identity_from_board(
+    ref: BoardRef, *, timeout_s: float = 20.0, restart: bool = True
+) -> dict[str, Any]:
     """Ask the board who it is, then let its program run again.
 
     The running program is interrupted and the board soft-reset into the raw
     REPL (a fresh heap for the agent, as the loop may have used most of it);
     after ``identity.show`` a soft reset from the friendly REPL starts
     boot.py and main.py again. The identity is checked (keys, DIDs) on the host.
+
+    ``restart=False`` leaves the board at the friendly REPL's prompt (its banner
+    read here), for a caller that sends the soft reset (Ctrl-D) on the port it
+    then reads: nothing the restart prints falls between two opens of the port.
 
     Raises:
         TransportError: the board did not answer.
@@ -169,7 +175,10 @@ def identity_from_board(ref: BoardRef, *, timeout_s: float = 20.0) -> dict[str, 
         t.enter_raw_repl(soft_reset=True, timeout_s=timeout_s)
         ident = identity_show(t)
         t.exit_raw_repl()
-        t.send(b"\x04")  # soft reset in the friendly REPL: the program runs again
+        if restart:
+            t.send(b"\x04")  # soft reset in the friendly REPL: the program runs again
+        else:
+            t.read_until(b">>> ", timeout_s=timeout_s, what="the friendly REPL")
     check_identity(ident)
     return ident
 
