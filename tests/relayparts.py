@@ -157,6 +157,12 @@ class Pipeline:
         # relay's persistent session after the test; in a shared group it would
         # take its turn at later tests' readings (the CLI relay's, say) and hold them.
         self.group = f"test-{uuid.uuid4().hex[:12]}"
+        # And a client id of its own, kept across start_relay (its session must
+        # outlive a relay restart): under a fixed id the next test's relay took over
+        # this one's persistent session, with its subscription and every reading the
+        # broker had queued for it since (earlier tests' nonces of the same device
+        # came into a fresh store and turned the device's own into duplicates).
+        self.client_id = f"relay-under-test-{uuid.uuid4().hex[:8]}"
         self.broker_url = f"mqtt://127.0.0.1:{broker_port}"
         self.node = Node(tmp / "node.db", approved=approve_device)
         self.server = serve(self.node)
@@ -167,7 +173,7 @@ class Pipeline:
     def start_relay(self) -> None:
         self.relay = Relay(self.store, approved=approve_device)
         self.front = MqttFront(
-            self.relay, self.broker_url, client_id="relay-under-test", group=self.group,
+            self.relay, self.broker_url, client_id=self.client_id, group=self.group,
             mqtt_version="5" if self.mqtt_version == "5" else "3.1.1",
         )  # fmt: skip
         self.fwd = Forwarder(self.store, f"http://127.0.0.1:{self.node_port}", workers=2)
