@@ -218,11 +218,15 @@ class Acker:
             mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False
         )
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.1, 0.5)
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         client.subscribe("ioconnect/+/+/tasks", qos=1)
+
+    def _on_subscribe(self, client: mqtt.Client, _u: Any, _mid: Any, _rc: Any, _p: Any) -> None:
+        # The SUBACK: the broker routes the devices' readings to us from now on.
         self.subscribed.set()
 
     def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -237,9 +241,8 @@ class Acker:
     def __enter__(self) -> Acker:
         self.client.connect("127.0.0.1", self.port, keepalive=30)
         self.client.loop_start()
-        if not self.subscribed.wait(10):
-            raise RuntimeError("acker did not connect")
-        time.sleep(0.1)  # the SUBSCRIBE is on its way; let the broker take it
+        if not self.subscribed.wait(30):
+            raise RuntimeError("acker did not connect and subscribe within 30 s")
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -73,15 +73,12 @@ class FakeDeviceLink:
             client_id=f"{self.address}-{uuid.uuid4().hex[:8]}",
             clean_session=False,
         )
-        self.client.on_connect = lambda c, *a: (
-            c.subscribe(ack_topic("42", self.address), 1),
-            self.ready.set(),
-        )
+        self.client.on_connect = lambda c, *a: c.subscribe(ack_topic("42", self.address), 1)
+        self.client.on_subscribe = lambda c, *a: self.ready.set()  # the SUBACK: acks reach us
         self.client.on_message = self._ack
         self.client.connect("127.0.0.1", self.port)
         self.client.loop_start()
-        assert self.ready.wait(10)
-        time.sleep(0.1)
+        assert self.ready.wait(30), "the device link did not connect and subscribe in 30 s"
 
     def _ack(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         ack = json.loads(msg.payload)
