@@ -28,12 +28,17 @@ from ioconnect.deliver import Delivery
 from ioconnect.nonce import NonceStore
 cfg = json.load(open("cases.json"))
 ADDR = cfg["addr"]
+# The MQTT client id: the address on a real device; here with a suffix of this run's
+# own, as the broker (shared by the test session) keeps each persistent session and
+# the acks queued for it, which a later test under the same id would be handed.
+import os, binascii
+CLIENT = "%s-%s" % (ADDR, binascii.hexlify(os.urandom(4)).decode())
 ob = Outbox("outbox", cfg.get("capacity", 64))
 ns = NonceStore("nonce.dat", 32)
 def delivery(port, **kw):
-    return Delivery(ob, client_id=ADDR, host="127.0.0.1", port=port,
+    return Delivery(ob, client_id=CLIENT, host="127.0.0.1", port=port,
                     tasks_topic="ioconnect/42/%s/tasks" % ADDR,
-                    acks_topic="ioconnect/42/%s/acks" % ADDR, timeout_ms=3000, **kw)
+                    acks_topic="ioconnect/42/%s/acks" % ADDR, timeout_ms=10000, **kw)
 def reading():
     n = ns.next()
     body = '{"nonce":%d,"projectID":"42","payload":{"t":%d},"signature":"0x%s"}' % (
@@ -51,6 +56,11 @@ def report(d):
 
 def addr(n: int) -> str:
     return f"0x{n:040x}"
+
+
+def client_id(address: str) -> str:
+    """A device's MQTT client id for one test (see CLIENT in SETUP)."""
+    return f"{address}-{uuid.uuid4().hex[:8]}"
 
 
 def expected_body(n: int) -> bytes:
@@ -74,7 +84,7 @@ d = delivery(cfg["tls_port"] if cfg["tls"] else cfg["port"], **kw)
 for i in range(40):
     reading()
     d.step(20)
-drain(d, 20000)
+drain(d, 60000)
 report(d)
 """
     )
@@ -142,13 +152,16 @@ d = delivery(cfg["port"], window=8)
 for i in range(5):
     reading()
 t0 = time.ticks_ms()
-while time.ticks_diff(time.ticks_ms(), t0) < 1500:
+while d.stats["published"] < 5 and time.ticks_diff(time.ticks_ms(), t0) < 30000:
+    d.step(100)
+t0 = time.ticks_ms()
+while time.ticks_diff(time.ticks_ms(), t0) < 1000:  # no ack comes meanwhile
     d.step(100)
 report(d)
 d.client.disconnect()
 d2 = delivery(cfg["port"], resend_s=1, window=8)
 t0 = time.ticks_ms()
-while time.ticks_diff(time.ticks_ms(), t0) < 2500:
+while d2.stats["published"] < 10 and time.ticks_diff(time.ticks_ms(), t0) < 30000:
     d2.step(100)
 report(d2)
 """
@@ -192,19 +205,25 @@ d = delivery(cfg["port"], window=16)
 for i in range(9):
     reading()
 t0 = time.ticks_ms()
-while len(ob) > 1 and time.ticks_diff(time.ticks_ms(), t0) < 10000:
+while len(ob) > 1 and time.ticks_diff(time.ticks_ms(), t0) < 30000:
     d.step(200)
 # Garbage on the acks topic is counted, never fatal.
-while d.stats["bad_acks"] < 3 and time.ticks_diff(time.ticks_ms(), t0) < 15000:
+while d.stats["bad_acks"] < 4 and time.ticks_diff(time.ticks_ms(), t0) < 30000:
     d.step(200)
 report(d)
 """
     )
     topic = f"ioconnect/42/{addr(4)}/acks"
 
+    acker = Acker(broker.port, policy=policy, client_id="relay-reject")
+
     def garbage() -> None:
-        time.sleep(1.5)
-        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="garbage")
+        # Once a reading came, the device has subscribed to its acks (it subscribes
+        # before it publishes): what is published now reaches it.
+        deadline = time.monotonic() + 60
+        while not acker.nonces() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id("garbage"))
         pub.connect("127.0.0.1", broker.port)
         pub.loop_start()
         for payload in (b"not json", b'{"status": "accepted"}', b"[1, 2]"):
@@ -213,7 +232,7 @@ report(d)
         pub.disconnect()
 
     thread = threading.Thread(target=garbage)
-    with Acker(broker.port, policy=policy, client_id="relay-reject"):
+    with acker:
         thread.start()
         [res] = device(code, {"port": broker.port, "addr": addr(4)}, fs_dir=tmp_path)
         thread.join()
@@ -327,7 +346,7 @@ def run(readings, ms):
     while time.ticks_diff(time.ticks_ms(), t0) < ms:
         st.up(500)
         d.step(100)
-        if not readings and not len(ob):
+        if not len(ob):
             break
     # "up": the station is joined now (the last st.up() may have timed out on a
     # join that completed right after it, and delivery went on meanwhile).
@@ -339,15 +358,15 @@ def run(readings, ms):
 def test_delivery_survives_a_wifi_drop(board: SimBoard, broker: Broker) -> None:
     a = addr(6)
     with Acker(broker.port, client_id="relay-wifi") as acker:
-        board.run(WIFI_SETUP % (a, broker.port, a, a))
-        [before] = board.run("run(3, 1500)")
+        board.run(WIFI_SETUP % (client_id(a), broker.port, a, a))
+        [before] = board.run("run(3, 30000)")
         assert before["up"] and before["connected"] and before["pending"] == []
         board.vb.set_fault(wifi="down")
         try:
             [down] = board.run("run(4, 1500)")
         finally:
             board.vb.set_fault(wifi="up")
-        [after] = board.run("run(0, 15000)")
+        [after] = board.run("run(0, 30000)")
         time.sleep(0.3)
         nonces = acker.nonces()
     # While the AP is gone: no exception, readings kept, the error recorded.
@@ -367,9 +386,9 @@ def test_no_connects_into_a_dead_network_and_at_once_when_it_is_back(
     # was down, it would not try again within the 15 s after the station returns.
     a = addr(7)
     with Acker(broker.port, client_id="relay-wifi-back") as acker:
-        setup = WIFI_SETUP % (a, broker.port, a, a)
+        setup = WIFI_SETUP % (client_id(a), broker.port, a, a)
         board.run(setup.replace("backoff=Backoff(100, 400)", "backoff=Backoff(30000, 60000)"))
-        [before] = board.run("run(2, 1500)")
+        [before] = board.run("run(2, 30000)")
         assert before["connected"] and before["pending"] == []
         board.vb.set_fault(wifi="down")
         try:
@@ -408,7 +427,7 @@ while not p.poll(500) and time.ticks_diff(time.ticks_ms(), t0) < 30000:
 p = None
 time.sleep_ms(5500)  # and past _STABLE_MS since the link came up
 reading()
-d.step(3000)
+d.step(20000)  # returns as soon as the reading is acked
 print(json.dumps({"first": first, "connected": d.connected(), "pending": ob.pending(),
                   "stats": d.stats}))
 """
@@ -424,7 +443,7 @@ print(json.dumps({"first": first, "connected": d.connected(), "pending": ob.pend
 
 
 def test_acks_sent_while_offline_arrive_with_the_persistent_session(
-    device: RunDevice, broker: Broker, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     # The device publishes and drops the link before the relay's acks come back;
     # the broker keeps them for its session (clean session off) and hands them
@@ -432,6 +451,7 @@ def test_acks_sent_while_offline_arrive_with_the_persistent_session(
     code = (
         SETUP
         + """
+import os
 d = delivery(cfg["port"])
 for i in range(5):
     reading()
@@ -440,9 +460,18 @@ for n in ob.pending():
     d._publish(n)  # PUBLISH and the broker's PUBACK; the relay's acks come later
 d.client.close()  # gone without DISCONNECT
 published = d.stats["published"]
-time.sleep_ms(2500)
+print(json.dumps({"gone": True}))
+# Offline until the host has seen the broker route all five acks (so they are
+# queued for this session): the file "go" appears then.
 t0 = time.ticks_ms()
-while len(ob) and time.ticks_diff(time.ticks_ms(), t0) < 10000:
+while time.ticks_diff(time.ticks_ms(), t0) < 60000:
+    try:
+        os.stat("go")
+        break
+    except OSError:
+        time.sleep_ms(20)
+t0 = time.ticks_ms()
+while len(ob) and time.ticks_diff(time.ticks_ms(), t0) < 30000:
     d.step(200)
 print(json.dumps({"published_before": published, "pending": ob.pending(), "stats": d.stats}))
 """
@@ -452,10 +481,37 @@ print(json.dumps({"published_before": published, "pending": ob.pending(), "stats
         time.sleep(0.2)  # acks reach the broker after the device has left
         return accept_all(n, body)
 
-    with Acker(broker.port, policy=slow_relay, client_id="relay-offline-acks") as acker:
-        [res] = device(code, {"port": broker.port, "addr": addr(8)}, fs_dir=tmp_path)
-        time.sleep(0.3)
-        nonces = acker.nonces()
+    # Another subscriber to the device's acks topic: an ack it got, the broker has
+    # also queued for the device's session.
+    routed: list[bytes] = []
+    ready = threading.Event()
+    watch = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id("acks-watch"))
+    watch.on_subscribe = lambda *a: ready.set()
+    watch.on_message = lambda c, u, m: routed.append(bytes(m.payload))
+    watch.connect("127.0.0.1", broker.port)
+    watch.subscribe(f"ioconnect/42/{addr(8)}/acks", qos=1)
+    watch.loop_start()
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    (fs / "cases.json").write_text(json.dumps({"port": broker.port, "addr": addr(8)}))
+    try:
+        assert ready.wait(30)
+        with Acker(broker.port, policy=slow_relay, client_id="relay-offline-acks") as acker:
+            dev = DeviceProcess(code, fs)
+            try:
+                assert dev.next_line() == {"gone": True}
+                deadline = time.monotonic() + 60
+                while len(routed) < 5 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert len(routed) == 5, routed
+                (fs / "go").touch()
+                [_, res] = dev.wait(120)
+            finally:
+                dev.kill()
+            nonces = acker.nonces()
+    finally:
+        watch.disconnect()
+        watch.loop_stop()
     assert res["published_before"] == 5
     assert res["pending"] == [] and res["stats"]["acked"] == 5
     assert res["stats"]["connects"] == 2
@@ -595,7 +651,10 @@ d = delivery(cfg["port"])
 for i in range(4):
     reading()
 t0 = time.ticks_ms()
-while time.ticks_diff(time.ticks_ms(), t0) < 1500:
+while d.stats["queued"] < 2 and time.ticks_diff(time.ticks_ms(), t0) < 30000:
+    d.step(100)
+t0 = time.ticks_ms()
+while time.ticks_diff(time.ticks_ms(), t0) < 1500:  # 3 is out, unacked: 4 must wait
     d.step(100)
 report(d)
 """
