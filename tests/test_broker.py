@@ -26,10 +26,12 @@ def test_broker_carries_qos1_and_stops(kind: str) -> None:
         protocol = mqtt.MQTTv5 if broker.mqtt_version == "5" else mqtt.MQTTv311
         sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="s", protocol=protocol)
         sub.on_message = on_message
+        subscribed = threading.Event()
+        sub.on_subscribe = lambda *a: subscribed.set()
         sub.connect("127.0.0.1", broker.port)
         sub.subscribe("ioconnect/+/+/tasks", qos=1)
         sub.loop_start()
-        time.sleep(0.3)
+        assert subscribed.wait(30)  # the SUBACK: published from now on reaches us
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="p", protocol=protocol)
         pub.connect("127.0.0.1", broker.port)
         pub.loop_start()
@@ -66,10 +68,12 @@ def test_broker_restarts_on_its_port(kind: str) -> None:
         # A persistent session with a message queued for it while it is away.
         sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="away",
                           clean_session=kind == "embedded")  # fmt: skip
+        subscribed = threading.Event()
+        sub.on_subscribe = lambda *a: subscribed.set()
         sub.connect("127.0.0.1", broker.port)
         sub.subscribe("t/1", qos=1)
         sub.loop_start()
-        time.sleep(0.3)
+        assert subscribed.wait(30)
         sub.disconnect()
         sub.loop_stop()
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pub")
