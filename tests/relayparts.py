@@ -86,14 +86,17 @@ class FakeDeviceLink:
             self.ack_count += 1
             self.acks.setdefault(ack["nonce"], ack)
 
-    def publish(self, payload: bytes) -> None:
-        self.sent[json.loads(payload)["nonce"]] = payload
+    def publish(self, payload: bytes, *, keep: bool = True) -> None:
+        """``keep=False``: not published again by the waits below (a forgery, say:
+        it would take its nonce's place there and be counted twice by the relay)."""
+        if keep:
+            self.sent[json.loads(payload)["nonce"]] = payload
         deadline = time.monotonic() + 15
         while not self.client.is_connected() and time.monotonic() < deadline:
             time.sleep(0.05)
         self.client.publish(tasks_topic("42", self.address), payload, qos=1).wait_for_publish(10)
 
-    def send(self, payload: bytes, timeout_s: float = 30) -> dict[str, Any]:
+    def send(self, payload: bytes, timeout_s: float = 60) -> dict[str, Any]:
         """Publish one reading and wait for its ack, as the firmware does (window 1:
         relays on a shared subscription must see a device's nonces in order, a
         nonce below the high-water mark is refused as a replay)."""
@@ -101,7 +104,7 @@ class FakeDeviceLink:
         self.publish(payload)
         return self._wait(lambda: nonce in self.acks, f"the ack of {nonce}", timeout_s)[nonce]
 
-    def wait_acks(self, n: int, timeout_s: float = 30) -> dict[int, dict[str, Any]]:
+    def wait_acks(self, n: int, timeout_s: float = 60) -> dict[int, dict[str, Any]]:
         """Wait for n acks (publishing again what stays unacknowledged, see _wait)."""
         return self._wait(lambda: len(self.acks) >= n, f"{n} acks", timeout_s)
 
@@ -131,7 +134,7 @@ class FakeDeviceLink:
         self.client.loop_stop()
 
 
-def wait_tasks(node: Node, n: int, timeout_s: float = 30) -> list[dict[str, Any]]:
+def wait_tasks(node: Node, n: int, timeout_s: float = 60) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         tasks = node.tasks_of(DEVICE)

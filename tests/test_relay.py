@@ -134,7 +134,9 @@ def test_every_reading_reaches_the_node_once_through_faults(
         pipe.node_down()
         for n in range(6, 11):
             dev.send(body(n, f'{{"t":{n}}}'))  # stored by the relay while the node is down
-        time.sleep(1.5)
+        deadline = time.monotonic() + 30
+        while pipe.fwd.retries == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
         pipe.node_up()
         wait_tasks(pipe.node, 10)
         assert pipe.fwd.retries > 0  # the outage was felt and ridden out
@@ -156,7 +158,7 @@ def test_every_reading_reaches_the_node_once_through_faults(
         assert {a["status"] for a in acks.values()} <= {"queued", "accepted"}
         tasks = wait_tasks(pipe.node, 16)
         assert [t["nonce"] for t in tasks] == list(range(1, 17))  # each exactly once
-        deadline = time.monotonic() + 20  # the last answer may still be on its way
+        deadline = time.monotonic() + 60  # the last answer may still be on its way
         while pipe.store.stats()["queued"] and time.monotonic() < deadline:
             time.sleep(0.05)
         stats = pipe.store.stats()
@@ -169,7 +171,7 @@ def test_every_reading_reaches_the_node_once_through_faults(
 # --- the commands, as a user runs them --------------------------------------------
 
 
-def _wait_line(proc: subprocess.Popen[str], words: str, timeout_s: float = 20) -> str:
+def _wait_line(proc: subprocess.Popen[str], words: str, timeout_s: float = 60) -> str:
     assert proc.stderr is not None
     deadline = time.monotonic() + timeout_s
     seen = []
@@ -212,10 +214,10 @@ def test_node_and_relay_commands(tmp_path: Path, broker: Broker) -> None:
         dev = FakeDeviceLink(broker.port)
         for n in (1, 2, 3):
             dev.publish(body(n))
-        dev.publish(body(1, key=OTHER))  # forged: names DEVICE, signed by another
+        dev.publish(body(1, key=OTHER), keep=False)  # forged: names DEVICE, signed by another
         acks = dev.wait_acks(3)
         assert {a["status"] for a in acks.values()} == {"queued"}
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and 'accepted"} 3' not in metrics_text(metrics_port):
             time.sleep(0.1)
         metrics = metrics_text(metrics_port)
