@@ -336,7 +336,7 @@ class SimBoard:
         self.attach()
 
     def attach(self) -> None:
-        seen = self.t.read_until(1, b">>> ", timeout=10)
+        seen = self.t.read_until(1, b">>> ", timeout=60)
         assert seen.endswith(b">>> "), f"no REPL prompt; got {seen[-300:]!r}"
         self.t.enter_raw_repl(soft_reset=False)
 
@@ -347,7 +347,7 @@ class SimBoard:
             raise AssertionError(f"board raised: {err.decode()}\nprinted: {ret!r}")
         return [_parse(line.encode()) for line in ret.decode().splitlines() if line.strip()]
 
-    def power_cut(self, timeout_s: float = 10) -> None:
+    def power_cut(self, timeout_s: float = 60) -> None:
         """Kill the VM where it stands; wait for the new boot's REPL."""
         boots = self.vb.boots
         self.vb.power_cut()

@@ -6,6 +6,7 @@ files, and a failing flash on the virtual board.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -244,11 +245,23 @@ def test_power_cuts_of_the_virtual_board_leave_whole_readings(board: SimBoard) -
         "    n += 1\n"
         "    ob.put(n, ('{\"nonce\": %d, \"pad\": \"' % n + 'x' * 300 + '\"}').encode())\n"
     )
+    import random
     import time
 
+    def highest() -> int:  # the newest reading on the board's flash (a host folder)
+        folder = board.flash / "outbox"
+        names = os.listdir(folder) if folder.is_dir() else []
+        return max((int(n) for n in names if n.isdigit()), default=0)
+
     for _ in range(6):
+        start = highest()
         board.t.exec_raw_no_follow(loop)
-        time.sleep(0.3)
+        # Cut once the loop has stored a few (however slow the machine), at a
+        # moment that varies within its writes.
+        deadline = time.monotonic() + 60
+        while highest() < start + 4 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(random.uniform(0, 0.1))
         board.power_cut()
     check = """
 import json, os
