@@ -229,7 +229,7 @@ def test_incoming_publish_is_delivered_and_acked(device: RunDevice, peer: Any) -
         + """
 c.connect()
 t0 = time.ticks_ms()
-while len(got) < 4 and time.ticks_diff(time.ticks_ms(), t0) < 5000:
+while len(got) < 4 and time.ticks_diff(time.ticks_ms(), t0) < 30000:
     c.poll(100)
 c.disconnect()
 print(json.dumps([got, c.dropped]))
@@ -265,7 +265,7 @@ def test_incoming_remaining_length_boundaries(device: RunDevice, peer: Any, rl: 
         + """
 c.connect()
 t0 = time.ticks_ms()
-while not got and time.ticks_diff(time.ticks_ms(), t0) < 5000:
+while not got and time.ticks_diff(time.ticks_ms(), t0) < 30000:
     c.poll(100)
 c.disconnect()
 import hashlib
@@ -369,7 +369,7 @@ def test_keepalive_pings_and_dead_link_detected(device: RunDevice, peer: Any) ->
 c.connect()
 t0 = time.ticks_ms()
 err = None
-while time.ticks_diff(time.ticks_ms(), t0) < 8000:
+while time.ticks_diff(time.ticks_ms(), t0) < 30000:
     try:
         c.poll(50)
     except MQTTError as e:
@@ -382,7 +382,7 @@ print(json.dumps([err, time.ticks_diff(time.ticks_ms(), t0)]))
     log = p.finish()
     assert log[:2] == [(0xC0, b"\x00", b""), (0xC0, b"\x00", b"")]
     assert err == "no PINGRESP within 1000 ms (link dead)"
-    assert took_ms < 8000
+    assert took_ms < 30000  # it broke off on the error
 
 
 # -- TLS against a real mosquitto ---------------------------------------------------
@@ -395,10 +395,10 @@ from ioconnect.outbox import Outbox
 cfg = json.load(open("cases.json"))
 d = Delivery(Outbox("ob"), client_id="0xtls", host="127.0.0.1", port=cfg["port"],
              server_hostname=cfg["name"], tasks_topic="ioconnect/1/0xtls/tasks",
-             acks_topic="ioconnect/1/0xtls/acks", tls=True, ca=cfg["ca"], timeout_ms=3000)
+             acks_topic="ioconnect/1/0xtls/acks", tls=True, ca=cfg["ca"], timeout_ms=10000)
 ctx = d._ssl_context()
 c = MQTTClient("0xtls", "127.0.0.1", cfg["port"], ssl_context=ctx,
-               server_hostname=cfg["name"], timeout_ms=3000)
+               server_hostname=cfg["name"], timeout_ms=10000)
 try:
     c.connect()
     c.subscribe("ioconnect/1/0xtls/acks")
@@ -466,21 +466,20 @@ def test_tls_publish_reaches_a_subscriber(
     got: list[bytes] = []
     ready = threading.Event()
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tls-watch")
-    sub.on_connect = lambda c, *_: (c.subscribe("ioconnect/1/0xtls/tasks", qos=1), ready.set())
+    sub.on_connect = lambda c, *_: c.subscribe("ioconnect/1/0xtls/tasks", qos=1)
+    sub.on_subscribe = lambda *_: ready.set()  # the SUBACK: the device's publish reaches us
     sub.on_message = lambda _c, _u, m: got.append(bytes(m.payload))
     sub.connect("127.0.0.1", broker.port)
     sub.loop_start()
     try:
-        assert ready.wait(10)
+        assert ready.wait(30)
         import time
 
-        time.sleep(0.2)
         shutil.copy(broker.ca, tmp_path / "ca.pem")
         cfg = {"port": broker.tls_port, "ca": "ca.pem", "name": "localhost"}
         assert device(TLS_CONNECT, cfg, fs_dir=tmp_path) == ["ok"]
-        for _ in range(100):
-            if got:
-                break
+        deadline = time.monotonic() + 30
+        while not got and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         sub.loop_stop()
