@@ -329,8 +329,13 @@ def test_read_until_gives_up_after_its_byte_cap(quiet_board: VirtualBoard) -> No
 def test_host_input_waits_while_the_vm_does_not_read(quiet_board: VirtualBoard) -> None:
     port = serial.Serial(quiet_board.port, timeout=0.1)
     try:
-        port.write(b"import time; time.sleep(20)\r")  # the console stops reading its input
-        time.sleep(0.5)
+        # The console stops reading its input while the VM sleeps; the line says when
+        # it is about to (its echo does not hold "sl-eep").
+        port.write(b"import time; print('sl' + '-eep'); time.sleep(20)\r")
+        seen, deadline = b"", time.monotonic() + 30
+        while b"sl-eep\r\n" not in seen and time.monotonic() < deadline:
+            seen += port.read(4096)
+        assert b"sl-eep\r\n" in seen, seen
         fd = port.fileno()
         os.set_blocking(fd, False)
         chunk, accepted, idle_since = b"a" * 65536, 0, time.monotonic()
@@ -353,7 +358,7 @@ def test_vm_stderr_line_without_end_is_cut(quiet_board: VirtualBoard) -> None:
         t.exec(code + "sys.stderr.write('\\n')")
         t.exec("sys.stderr.write('after\\n')")
     log = (quiet_board.config.state_dir / "console.log").read_bytes()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while b"[vm stderr] after\n" not in log and time.monotonic() < deadline:
         time.sleep(0.05)
         log = (quiet_board.config.state_dir / "console.log").read_bytes()
@@ -377,7 +382,7 @@ def test_output_for_a_host_that_does_not_read_is_dropped_saying_so(
     port = serial.Serial(quiet_board.port, timeout=0.1)
     try:
         port.write(b"for i in range(4000): print('y' * 99)\r\r")  # 404000 bytes, not read
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while output(log_path.read_bytes()).count(line) < 4000 and time.monotonic() < deadline:
             time.sleep(0.05)
         got = b""
