@@ -337,7 +337,7 @@ ob = Outbox("outbox", 32)
 ns = NonceStore("nonce.dat", 8)
 d = Delivery(ob, client_id="%s", host="127.0.0.1", port=%d,
              tasks_topic="ioconnect/42/%s/tasks", acks_topic="ioconnect/42/%s/acks",
-             timeout_ms=2000, backoff=Backoff(100, 400))
+             timeout_ms=10000, backoff=Backoff(100, 400))
 def run(readings, ms):
     t0 = time.ticks_ms()
     for i in range(readings):
@@ -612,7 +612,7 @@ cfg = json.load(open("cases.json"))
 ob = Outbox("outbox")
 tasks, acks = topics("42", cfg["addr"])
 d = Delivery(ob, client_id=cfg["client"], host="127.0.0.1", port=cfg["port"],
-             tasks_topic=tasks, acks_topic=acks, timeout_ms=3000)
+             tasks_topic=tasks, acks_topic=acks, timeout_ms=10000)
 t0 = time.ticks_ms()
 while len(ob) and time.ticks_diff(time.ticks_ms(), t0) < 30000:
     d.step(200)

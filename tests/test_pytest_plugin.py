@@ -322,9 +322,9 @@ def test_beside_pytest_embedded_on_the_same_port(
             board.release()  # our transport lets go of the port; the board's REPL is back
             dut = request.getfixturevalue("dut")  # pytest-embedded's serial DUT opens it
             dut.write("print(6 * 7)\\r")  # Enter is CR on a MicroPython console; write adds LF
-            dut.expect(r"\\r\\n42\\r\\n", timeout=5)
+            dut.expect(r"\\r\\n42\\r\\n", timeout=30)
             dut.write("import sys; print(sys.implementation.name)\\r")
-            dut.expect_exact("micropython", timeout=5)
+            dut.expect_exact("micropython", timeout=30)
         """
     )
     result = pytester.runpytest_subprocess(

@@ -130,7 +130,7 @@ def test_raw_paste_flow_control(console: Console) -> None:
     console.send(b"\r\x01")
     console.expect(b"raw REPL; CTRL-B to exit\r\n>")
     console.send(b"\x05A\x01")
-    head = console.expect(b"\x01", timeout_s=5)
+    head = console.expect(b"\x01")
     assert head == b"R\x01"
     window = int.from_bytes(console.expect(b"\x01")[:2], "little")
     assert window == 128

@@ -62,7 +62,7 @@ class Sim:
 
     def attach(self) -> bytes:
         """Wait for the friendly REPL of a fresh boot, then enter the raw REPL."""
-        seen = self.t.read_until(1, b">>> ", timeout=10)
+        seen = self.t.read_until(1, b">>> ", timeout=60)
         assert seen.endswith(b">>> "), f"no REPL prompt; got {seen[-300:]!r}"
         self.t.enter_raw_repl(soft_reset=False)
         self.banner = seen

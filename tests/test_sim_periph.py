@@ -43,7 +43,7 @@ class PeriphBoard:
         )
         self.vb = VirtualBoard(cfg)
         self.t = SerialTransport(self.vb.start())
-        self.t.read_until(b">>> ", timeout_s=10, what="the first prompt")
+        self.t.read_until(b">>> ", timeout_s=60, what="the first prompt")
         self.t.enter_raw_repl()
 
     @property
