@@ -254,15 +254,20 @@ def test_power_cuts_of_the_virtual_board_never_reuse(board: SimBoard) -> None:
         "while True:\n"
         "    print(st.next())\n"
     )
+    import random
     import time
 
     seen: list[int] = []
     for _ in range(8):
         board.t.exec_raw_no_follow(loop)
         got = b""
-        deadline = time.monotonic() + 0.3
-        while time.monotonic() < deadline:
+        # Cut once the loop's output flows (however slow the machine), at a moment
+        # that varies within it.
+        deadline, cut_at = time.monotonic() + 60, None
+        while time.monotonic() < deadline and (cut_at is None or time.monotonic() < cut_at):
             got += board.t.serial.read(board.t.serial.in_waiting or 1)
+            if cut_at is None and got.count(b"\n") >= 20:
+                cut_at = time.monotonic() + random.uniform(0, 0.1)
         board.power_cut()
         lines = got.split(b"\n")[:-1]  # complete lines only: the cut may split the last
         values = [int(x) for x in (ln.strip() for ln in lines) if x.isdigit()]
