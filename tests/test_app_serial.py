@@ -33,7 +33,7 @@ class Console:
         self.t = SerialTransport(vb.port)
         self.seen = b""
 
-    def events(self, kind: str, count: int, timeout_s: float = 20.0) -> list[dict[str, Any]]:
+    def events(self, kind: str, count: int, timeout_s: float = 60.0) -> list[dict[str, Any]]:
         """Read until ``count`` new events of ``kind`` arrived; returns them."""
         start = len(agent.parse_events(self.seen))
         deadline = time.monotonic() + timeout_s
@@ -51,7 +51,7 @@ class Console:
         ``exclude`` (unacknowledged messages are re-sent, so nonces repeat)."""
         self.seen = b""
         skip = set(exclude or ())
-        deadline = time.monotonic() + 20.0
+        deadline = time.monotonic() + 60.0
         while True:
             out: dict[int, dict[str, Any]] = {}
             for e in agent.parse_events(self.seen):

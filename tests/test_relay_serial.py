@@ -174,7 +174,7 @@ class BoardSide:
         text = body.decode() if isinstance(body, bytes) else body
         os.write(self.master, encode_frame({"event": "task", "nonce": nonce, "body": text}))
 
-    def acks(self, n: int, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    def acks(self, n: int, timeout_s: float = 60.0) -> list[dict[str, Any]]:
         """The next n ack requests the relay wrote, each answered as the loop does."""
         got: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout_s
