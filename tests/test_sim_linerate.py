@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import serial
 from ioconnect_host.boards import USB_FULL_SPEED_BULK_BYTES_PER_S, BoardError, load_board
 from ioconnect_host.transport import SerialTransport
 from ioconnect_sim.launch import start_board
@@ -59,3 +60,42 @@ def test_native_usb_line_is_full_speed(tmp_path: Path) -> None:
     with start_board("esp32-s3", name="wire-s3", state_dir=tmp_path, fast=False) as vb:
         _, read_s, _ = _send_and_echo(vb.port, 1000, 70)
     assert read_s >= 700_000 / USB_FULL_SPEED_BULK_BYTES_PER_S * 0.95
+
+
+def _read_until(port: serial.Serial, end: bytes, timeout_s: float, pause_s: float = 0.0) -> bytes:
+    """Read until ``end``, ``pause_s`` between reads of at most 4 KiB (a slow host)."""
+    buf = b""
+    deadline = time.monotonic() + timeout_s
+    while not buf.endswith(end):
+        assert time.monotonic() < deadline, buf[-300:]
+        buf += port.read(4096)
+        time.sleep(pause_s)
+    return buf
+
+
+PRINT_300K = b"for i in range(30): print(str(i % 10) * 10000)\r\r"
+
+
+def test_native_usb_output_waits_for_a_slow_host_not_for_an_absent_one(tmp_path: Path) -> None:
+    # USB CDC has flow control: a host that reads, however slowly, gets every byte
+    # (the board's print waits). One that stopped reading is not waited for: the
+    # oldest output is dropped after the CDC timeout, and the board goes on.
+    with start_board("esp32-s3", name="usb-flow", state_dir=tmp_path) as vb:
+        log = vb.config.state_dir / "console.log"
+        with serial.Serial(vb.port, timeout=0.05) as port:
+            port.write(b"\r\x03\x03\x02")  # the friendly REPL
+            _read_until(port, b">>> ", 60)
+            port.write(PRINT_300K)
+            # About 400 KB/s at most: far slower than the VM prints (or the USB wire).
+            got = _read_until(port, b"9" * 10000 + b"\r\n>>> ", 120, pause_s=0.01)
+            lines = [x for x in got.split(b"\r\n") if len(x) == 10000]
+            assert lines == [str(i % 10).encode() * 10000 for i in range(30)]
+            assert b"not reading" not in log.read_bytes()
+
+            port.write(PRINT_300K)  # and now nobody reads
+            deadline = time.monotonic() + 60
+            while b"the host is not reading" not in log.read_bytes():
+                assert time.monotonic() < deadline, "the board waited for an absent host"
+                time.sleep(0.05)
+            _read_until(port, b"9" * 10000 + b"\r\n>>> ", 60)
+    assert b"bytes dropped" in log.read_bytes()

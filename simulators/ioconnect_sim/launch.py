@@ -173,6 +173,7 @@ def start_board(
         preload=spec.sim_preload(),
         vm_cache=home() / "cache" / f"vmlib-{host_mpy_arch()}",
         line_rate=0 if _fast(fast) else spec.console.bytes_per_s,
+        usb_console=spec.console.link == "usb",
         bootsel=bootsel,
         download=download,
     )

@@ -67,6 +67,11 @@ RESET_CAUSES = {"power_on": 1, "hard": 2, "wdt": 3, "deepsleep": 4, "soft": 5}
 
 _CTL_PREFIX = b"\x1b[ioc "
 _OUT_LIMIT = 1 << 16  # bytes kept for a host that is not reading
+# A native USB console (CDC) has flow control: while the host's driver has no room
+# it stops asking for data and the board's print waits, giving up (dropping) only
+# after this long without the host taking anything (MicroPython's
+# MICROPY_HW_USB_CDC_TX_TIMEOUT, 500 ms). A UART never waits.
+_USB_TX_TIMEOUT_S = 0.5
 _IN_LIMIT = 1 << 16  # host bytes held for a VM that is not reading; then the pty waits
 _ERR_LINE_LIMIT = 4096  # longest stderr line of the VM kept whole (control lines are short)
 _FAULTS_SIZE = 1024
@@ -165,6 +170,7 @@ class SimConfig:
     download: bool = False  # power on in the ROM's download mode (ESP32: BOOT held)
     log_limit: int = DEFAULT_LOG_LIMIT  # bytes per console.log file (one rotated file kept)
     line_rate: int = 0  # the console wire's bytes/s each way (boards.Console); 0: no limit
+    usb_console: bool = False  # the console is the chip's own USB: output waits for the host
 
     @property
     def flash_dir(self) -> Path:
@@ -241,6 +247,7 @@ class VirtualBoard:
         self._stderr_dropped = 0  # bytes dropped of the VM's current overlong stderr line
         self._host_paused = False  # the pty is not read: the VM has not taken what it got
         self._host_dropped = 0  # output dropped since the host last read
+        self._host_took_at = 0.0  # when the pty last took output from us
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -686,6 +693,11 @@ class VirtualBoard:
         proc = self._proc
         if proc is None or proc.stdout is None:
             return
+        if self._usb_holds_output():
+            # The host is reading, only slower than the board prints: the print waits.
+            self._sel.unregister(proc.stdout.fileno())
+            self._out_resume = time.monotonic() + 0.005
+            return
         room = self._line_out.allowed(4096)
         if not room:
             # The wire is busy: leave the VM's output in its pipe (its print waits,
@@ -699,6 +711,17 @@ class VirtualBoard:
             return
         self._line_out.spend(len(data))
         self._host_out(data)
+
+    def _usb_holds_output(self) -> bool:
+        """On a USB console, whether the VM's output must wait for the host: what is
+        held is near the bound (one more read, its newlines cooked, must fit) and
+        the host took output within the CDC timeout (a host that stopped reading
+        is not waited for: the oldest is dropped then, as on a UART)."""
+        return (
+            self.config.usb_console
+            and len(self._to_host) + 2 * 4096 > _OUT_LIMIT
+            and time.monotonic() - self._host_took_at < _USB_TX_TIMEOUT_S
+        )
 
     def _resume_vm_out(self) -> float:
         """Read the VM's output again once the wire has room; seconds left to wait."""
@@ -857,6 +880,8 @@ class VirtualBoard:
             try:
                 n = os.write(self._master, self._to_host[:room]) if room else 0
                 del self._to_host[:n]
+                if n:
+                    self._host_took_at = time.monotonic()
                 if self._download is not None:
                     self._rom_out.spend(n)
             except BlockingIOError:
