@@ -250,7 +250,7 @@ def test_power_cut_mid_deploy_boots_old_or_new_then_redeploy(
     def trigger() -> None:
         cut.set()
         if hold:
-            off.wait(5)  # keep the host here until the board is off
+            off.wait(60)  # keep the host here until the board is off
 
     def progress(done: int, total: int) -> None:
         if isinstance(cut_at, float) and done >= cut_at * total:
