@@ -37,7 +37,7 @@ def test_broker_carries_qos1_and_stops(kind: str) -> None:
         pub.loop_start()
         for i in range(20):
             pub.publish("ioconnect/1/0xab/tasks", b"m%d" % i, qos=1).wait_for_publish(5)
-        assert done.wait(10), got
+        assert done.wait(30), got
         assert got == [b"m%d" % i for i in range(20)]
         for c in (pub, sub):
             c.disconnect()

@@ -105,7 +105,7 @@ def test_foreground_start_prints_port_and_stops_on_sigint(home: Path) -> None:
         with SerialTransport(port) as t:
             assert t.eval("6*7") == 42
         proc.send_signal(2)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
 
