@@ -193,7 +193,7 @@ def test_heap_budget_is_enforced(board: VirtualBoard) -> None:
         assert t.eval("1+1") == 2  # and the board keeps going
 
 
-def _mpremote(port: str, *args: str, timeout_s: float = 30) -> subprocess.CompletedProcess[bytes]:
+def _mpremote(port: str, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[bytes]:
     cmd = [sys.executable, "-m", "mpremote", "connect", port, *args]
     done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
     assert done.returncode == 0, (args, done.stdout[-500:], done.stderr[-500:])
@@ -233,7 +233,7 @@ def test_mpremote_unchanged(board: VirtualBoard, tmp_path: Path) -> None:
 
 def test_mpremote_repl(board: VirtualBoard) -> None:
     child = pexpect.spawn(
-        sys.executable, ["-m", "mpremote", "connect", board.port, "repl"], timeout=15
+        sys.executable, ["-m", "mpremote", "connect", board.port, "repl"], timeout=60
     )
     try:
         child.expect("Connected to MicroPython")

@@ -50,7 +50,7 @@ class Keys:
 
     def __init__(self, port: str) -> None:
         self.fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
-        self.child = fdpexpect.fdspawn(self.fd, timeout=10)
+        self.child = fdpexpect.fdspawn(self.fd, timeout=60)
         self.synced = 0
 
     def sync(self) -> None:
@@ -215,7 +215,7 @@ def _transcript(child: pexpect.spawnbase.SpawnBase) -> bytes:
 
 
 def test_same_echo_as_micropython_readline(keys: Keys) -> None:
-    unix = pexpect.spawn(micropython_command("2M")[0], micropython_command("2M")[1:], timeout=10)
+    unix = pexpect.spawn(micropython_command("2M")[0], micropython_command("2M")[1:], timeout=60)
     try:
         unix.expect_exact(b">>> ")
         assert _transcript(keys.child) == _transcript(unix)
