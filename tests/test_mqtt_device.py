@@ -291,7 +291,7 @@ def test_silent_peer_fails_within_the_deadline(device: RunDevice, peer: Any) -> 
     assert log[0] == 0x10
     assert (what, status, msg) == ("connect", "error", "timeout: no CONNACK within 1500 ms")
     # It waited its deadline, and did not hang past it (bound far above any load).
-    assert 1500 <= took_ms < 1500 + 5000
+    assert 1500 <= took_ms < 1500 + 20000
 
 
 def test_peer_gone_silent_after_connect_fails_publish_in_time(device: RunDevice, peer: Any) -> None:
@@ -313,7 +313,7 @@ print(json.dumps(c.connected()))
     out = device(code, {"port": p.port, "timeout": 1000})
     p.finish()
     assert out[0][:3] == ["publish", "error", "timeout: no PUBACK within 1000 ms"]
-    assert 1000 <= out[0][3] < 6000
+    assert 1000 <= out[0][3] < 1000 + 20000
     assert out[1] is False  # the client closed itself; Delivery reconnects
 
 
