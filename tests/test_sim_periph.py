@@ -247,7 +247,10 @@ def test_pwm_signal_and_pulses(board: PeriphBoard) -> None:
         "down = machine.Pin(5, machine.Pin.IN, machine.Pin.PULL_DOWN)\n"
         "up = machine.Pin(6, machine.Pin.IN, machine.Pin.PULL_UP)\n"
         "print(machine.time_pulse_us(down, 1, 20000)); print(machine.time_pulse_us(up, 1, 20000))\n"
-        "p.init(freq=100, duty_u16=16384)\nprint(machine.time_pulse_us(machine.Pin(15), 1, 100000))"
+        "p.init(freq=100, duty_u16=16384)\n"
+        # The shortest of five: a VM held back by a loaded host mid-pulse can find
+        # the next period's high phase and measure past one period.
+        "print(min(machine.time_pulse_us(machine.Pin(15), 1, 100000) for _ in range(5)))"
     )
     assert got[0] == [1000, 16384]
     assert got[1] == 500000 * 65535 // 1000000  # 32767
