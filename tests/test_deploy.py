@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clirun import interrupt_when
 from ioconnect_host.cli import main
 from ioconnect_host.deploy import (
     MANIFEST,
@@ -447,16 +447,9 @@ def test_ctrl_c_mid_deploy_is_one_line_and_leaves_the_port_usable(tmp_path: Path
             stderr=subprocess.PIPE,
             text=True,
         )
-        try:
-            deadline = time.monotonic() + 120
-            while not (flash(vb) / ".deploy").exists():
-                assert proc.poll() is None, proc.communicate()
-                assert time.monotonic() < deadline, "deploy never started staging"
-                time.sleep(0.05)
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=60)
-        finally:
-            proc.kill()
+        out, err = interrupt_when(
+            proc, (flash(vb) / ".deploy").exists, "deploy staging its files", 120, wait=60
+        )
         assert proc.returncode == 130, err
         assert err == (
             "ioconnect: deploy interrupted: the board boots its old firmware or the "

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import pty
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clirun import error_message, run_cli
+from clirun import error_message, interrupt_when, run_cli
 from espimage import app_image, merged_image, wait_until
 from ioconnect_host import agent
 from ioconnect_host.boards import load_board
@@ -161,12 +160,7 @@ def test_ctrl_c_mid_flash_says_what_the_board_holds_and_flashing_again_recovers(
             stderr=subprocess.PIPE,
             text=True,
         )
-        try:
-            wait_until(writing, "the write to begin", 180)
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=120)
-        finally:
-            proc.kill()
+        out, err = interrupt_when(proc, writing, "the write to begin", 180)
         assert proc.returncode == 130, err
         assert err == (
             "ioconnect: flash interrupted: the board may hold a half-written image and not "
