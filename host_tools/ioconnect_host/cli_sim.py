@@ -204,10 +204,8 @@ def _fault(args: argparse.Namespace) -> int:
         )
     rec = find_running(args.name)
     spec = load_board(rec.board)
-    if rec.engine != "unix" and (args.wifi or args.flash or args.sensor):
-        raise UsageError(
-            f"{rec.name} runs on the {rec.engine} engine: only --power-cut is modelled there"
-        )
+    if rec.engine == "rp2040":
+        _chip_can(args, spec, f"{rec.name} ({rec.board})")
     changes: dict[str, object] = {}
     if args.wifi:
         if spec.network != "wifi":
@@ -231,6 +229,26 @@ def _fault(args: argparse.Namespace) -> int:
     done = [f"{k}={v}" for k, v in changes.items()] + (["power cut"] if args.power_cut else [])
     print(f"{rec.name}: " + ", ".join(done))
     return 0
+
+
+def _chip_can(args: argparse.Namespace, spec: Board, board: str) -> None:
+    """Refuse the faults the emulated RP2040 does not model, each with its reason."""
+    if args.wifi:
+        raise UsageError(f"--wifi: {board} has no Wi-Fi: a Pico (not W) has no radio")
+    if args.flash == "eio":
+        raise UsageError(
+            f"--flash eio: {board} runs on the rp2040 engine, whose flash cannot report EIO "
+            "(the rp2 port's flash driver has no error path)",
+            hint="--flash enospc wears the flash out: littlefs then answers ENOSPC",
+        )
+    for item in args.sensor or ():
+        name = item.partition("=")[0]
+        if name in {d.name for d in spec.i2c}:
+            raise UsageError(
+                f"--sensor {item}: {board} runs on the rp2040 engine, where only the on-chip "
+                "temperature sensor (ADC 4) is modelled; no I2C device is wired to the chip",
+                hint="give --sensor temperature=fail or temperature=ok",
+            )
 
 
 def _sensor_faults(items: list[str], spec: Board, board: str) -> dict[str, str]:
@@ -384,7 +402,11 @@ def add_sim_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     fault.add_argument("--power-cut", action="store_true", help="kill the VM now, boot again")
     fault.add_argument("--wifi", choices=["up", "down"], help="Wi-Fi loss or return")
     fault.add_argument("--sensor", action="append", metavar="NAME[=fail|ok]", help="fail a sensor")
-    fault.add_argument("--flash", choices=["eio", "enospc", "ok"], help="make flash writes fail")
+    fault.add_argument(
+        "--flash",
+        choices=["eio", "enospc", "ok"],
+        help="make flash writes fail (rp2040 engine: enospc, worn flash)",
+    )
     fault.add_argument("--json", action="store_true", help="print one JSON object")
     fault.set_defaults(handler=_fault)
 

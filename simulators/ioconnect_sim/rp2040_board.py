@@ -72,7 +72,7 @@ from .rp2040_firmware import (
     default_uf2,
 )
 from .statelock import StateLockedError, hold_state_lock, open_control
-from .supervisor import StateInUseError
+from .supervisor import StateInUseError, write_faults
 
 __all__ = [
     "SLOWNESS",
@@ -107,6 +107,18 @@ class Rp2040Config:
     @property
     def flash_image(self) -> Path:
         return self.state_dir / "flash.lfs"
+
+    @property
+    def faults(self) -> Path:
+        return self.state_dir / "faults.json"
+
+
+def _temperature_c() -> float:
+    """What the Pico's on-chip sensor reads while healthy: its board file's mean."""
+    from ioconnect_host.boards import load_board
+
+    sensors = [s for s in load_board("rpi-pico").sensors if s.name == "temperature"]
+    return sensors[0].mean_c if sensors else 27.0
 
 
 def install_uf2(uf2: Path, state_dir: Path, *, boot_check: bool = True) -> None:
@@ -251,6 +263,10 @@ class Rp2040Board:
         os.fchmod(self._slave, 0o600)
         self.port = os.ttyname(self._slave)
         self._ctl = open_control(cfg.state_dir)
+        # A fresh start clears faults injected into an earlier run, as on the unix engine;
+        # a power cut keeps them (the chip reads this file, rewritten in place).
+        cfg.faults.unlink(missing_ok=True)
+        write_faults(cfg.state_dir, {})
         shutil.rmtree(drive_path(cfg.state_dir), ignore_errors=True)  # left by a killed run
         self._stopped.clear()
         self._running = True
@@ -313,6 +329,7 @@ class Rp2040Board:
         argv = [*_DIE_WITH_US, sys.executable, "-m", "ioconnect_sim.rp2040_chip"]
         argv += ["--image", str(self._firmware or cfg.firmware), "--flash", str(cfg.flash_image)]
         argv += ["--serial-fd", str(self._master), "--log", str(cfg.state_dir / "console.log")]
+        argv += ["--faults", str(cfg.faults), "--temperature-c", str(_temperature_c())]
         err = os.open(cfg.state_dir / "chip.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             self._proc = subprocess.Popen(

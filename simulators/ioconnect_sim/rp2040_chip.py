@@ -21,6 +21,14 @@ one per power-on: a power cut is this process killed where it stands.
   see that request at the watchdog's trigger (its scratch registers hold a
   boot vector into the ROM) and exit with :data:`EXIT_BOOTSEL` instead of
   running that code: the supervisor shows the drive (see ``rp2040_board``).
+- **Faults** (``ioconnect sim fault``) are read from ``--faults``, the state
+  folder's ``faults.json`` the unix-port engine's VM reads too, whenever the chip
+  needs one: ``sensors.temperature = "fail"`` makes ADC channel 4 (the on-chip
+  sensor) read 0 V, a value the firmware's range check refuses (437 C); else it
+  reads ``--temperature-c`` by the datasheet's formula. ``flash = "enospc"`` is
+  worn flash: erases and programs in the filesystem region complete but change
+  nothing, so littlefs's read-back finds every block bad and answers ENOSPC
+  once it has tried them all; the files already written stay readable.
 - The USB CDC console is bridged to ``--serial-fd``, the master side of the
   pty the supervisor owns (it outlives this process, so the port stays the same
   across power cuts, as the unix-port engine's does).
@@ -33,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -55,6 +64,9 @@ _SECTOR_ERASE = 0x20
 _BLOCK_ERASE = 0xD8
 _ERASE_SIZES = {_SECTOR_ERASE: 4096, _BLOCK_ERASE: 65536}
 _PAGE_SIZE = 256
+
+_FAULTS_READ = 4096  # at least supervisor._FAULTS_SIZE: the whole record
+_TEMP_CHANNEL = 4  # ADC input 4: the on-chip temperature sensor (datasheet 4.9)
 
 #: This process's exit status when the chip asked for the boot ROM's USB drive.
 EXIT_BOOTSEL = 3
@@ -90,16 +102,74 @@ def changed_range(tx: bytes | bytearray) -> tuple[int, int] | None:
     return None
 
 
-def mirror_flash_writes(ssi: Any, flash: Any, fd: int) -> None:
-    """Wrap ``ssi._apply_command`` so each write to the filesystem region lands in ``fd``."""
+class ChipFaults:
+    """The faults the host set for this board (``faults.json``, rewritten in place by
+    ``supervisor.write_faults``), read afresh each time the chip asks."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._fd = -1
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._last: dict[str, Any] = {}
+
+    def now(self) -> dict[str, Any]:
+        if self._fd < 0:
+            return {}
+        try:
+            state = json.loads(os.pread(self._fd, _FAULTS_READ, 0) or b"{}")
+        except ValueError:  # caught mid-rewrite: the state before holds
+            return self._last
+        self._last = state if isinstance(state, dict) else {}
+        return self._last
+
+    def sensor_failed(self, name: str) -> bool:
+        sensors = self.now().get("sensors")
+        return isinstance(sensors, dict) and sensors.get(name) == "fail"
+
+    def flash_worn(self) -> bool:
+        return self.now().get("flash") == "enospc"
+
+
+def temperature_raw(celsius: float) -> int:
+    """The 12-bit ADC reading of the RP2040's sensor at ``celsius`` (datasheet 4.9.5:
+    V = 0.706 - (T - 27) * 0.001721, 3.3 V reference)."""
+    volts = 0.706 - (celsius - 27) * 0.001721
+    return min(max(round(volts / 3.3 * 4095), 0), 4095)
+
+
+def wire_temperature_sensor(adc: Any, celsius: float, faults: ChipFaults) -> None:
+    """Give ADC channel 4 the sensor's voltage at ``celsius``, or 0 V while the host
+    has failed the sensor; set at each conversion, so a fault takes effect at once."""
+    start: Callable[[int], None] = adc.on_adc_read
+    healthy = temperature_raw(celsius)
+
+    def read(channel: int) -> None:
+        if channel == _TEMP_CHANNEL:
+            adc.channel_values[channel] = 0 if faults.sensor_failed("temperature") else healthy
+        start(channel)
+
+    adc.on_adc_read = read
+
+
+def mirror_flash_writes(
+    ssi: Any, flash: Any, fd: int, worn: Callable[[], bool] = lambda: False
+) -> None:
+    """Wrap ``ssi._apply_command`` so each write to the filesystem region lands in ``fd``;
+    while ``worn()``, a write there completes without changing the flash."""
     apply: Callable[[], None] = ssi._apply_command
 
     def apply_and_mirror() -> None:
         span = changed_range(bytes(ssi._tx_buffer)) if ssi._write_enabled else None
+        if span is not None:
+            span = max(span[0], FS_START), min(span[1], FS_START + FS_SIZE)
+            if span[0] < span[1] and worn():
+                ssi._write_enabled = False  # the command runs its course, the cells stay
+                span = None
         apply()
         if span is None:
             return
-        start, end = max(span[0], FS_START), min(span[1], FS_START + FS_SIZE)
+        start, end = span
         if start < end:
             os.pwrite(fd, bytes(flash[start:end]), start - FS_START)
 
@@ -130,7 +200,14 @@ def catch_bootsel(watchdog: Any, on_bootsel: Callable[[], None]) -> None:
     watchdog.on_watchdog_trigger = trigger_or_bootsel
 
 
-async def _run(image: Path, flash_path: Path, serial_fd: int, log_path: Path | None) -> int:
+async def _run(
+    image: Path,
+    flash_path: Path,
+    serial_fd: int,
+    log_path: Path | None,
+    faults: ChipFaults,
+    celsius: float,
+) -> int:
     from rp2040py.boards import BOARDS, BoardSpec, FlashLayout
     from rp2040py.cli.pty_repl import PtyInteractiveRepl
     from rp2040py.device.mp_device import MicroPythonDevice
@@ -149,7 +226,8 @@ async def _run(image: Path, flash_path: Path, serial_fd: int, log_path: Path | N
 
     device = Pico(board=spec, filesystem=flash_path)
     fd = os.open(flash_path, os.O_RDWR | os.O_CLOEXEC)
-    mirror_flash_writes(device.mcu.ssi, device.mcu.flash, fd)
+    mirror_flash_writes(device.mcu.ssi, device.mcu.flash, fd, faults.flash_worn)
+    wire_temperature_sensor(device.mcu.adc, celsius, faults)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -212,11 +290,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flash", type=Path, required=True, help="littlefs image (mirrored)")
     parser.add_argument("--serial-fd", type=int, required=True, help="pty master for USB CDC")
     parser.add_argument("--log", type=Path, help="append what the board prints here")
+    parser.add_argument("--faults", type=Path, help="the board's faults.json (sim fault)")
+    parser.add_argument(
+        "--temperature-c", type=float, default=27.0, help="what the on-chip sensor reads"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("RP2040PY_CLOCK_TICK_BATCH", CLOCK_TICK_BATCH)  # read per batch
     if not args.flash.exists():
         blank_image(args.flash)
-    return asyncio.run(_run(args.image, args.flash, args.serial_fd, args.log))
+    faults = ChipFaults(args.faults)
+    return asyncio.run(
+        _run(args.image, args.flash, args.serial_fd, args.log, faults, args.temperature_c)
+    )
 
 
 if __name__ == "__main__":
