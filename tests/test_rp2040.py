@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from eth_account import Account
 from eth_account.messages import encode_defunct, encode_typed_data
 from ioconnect_host import agent
+from ioconnect_host.cli import main
 from ioconnect_host.deploy import MANIFEST
 from ioconnect_host.ports import select_port
 from ioconnect_host.transport import TransportError
@@ -196,6 +197,24 @@ def test_a_lost_answer_is_read_back_from_the_device(pico: Pico) -> None:
         assert "did not make a new key" in said
     else:
         assert now == got and now != before  # the host has the key the board made
+
+
+def test_the_firmware_reads_the_chip_temperature_and_a_failed_sensor(pico: Pico) -> None:
+    # The firmware's own sensor code on the chip's ADC 4, as its loop reads it.
+    reading = (
+        "__import__('ioconnect.sensors', None, None, ('Sensors',)).Sensors("
+        "{'sensors': {'temperature': {'source': 'rp2_adc4'}}}).read_one('temperature')"
+    )
+    try:
+        assert main(["sim", "fault", "tier-pico", "--sensor", "temperature=fail"]) == 0
+        with pico.session() as s:
+            failed = s.transport.eval(reading)
+    finally:
+        assert main(["sim", "fault", "tier-pico", "--sensor", "temperature=ok"]) == 0
+    with pico.session() as s:
+        healthy = s.transport.eval(reading)
+    assert failed == {"error": "range"}  # 0 V is 437 C: outside every chip's range
+    assert isinstance(healthy, dict) and abs(healthy["temp_c"] - 27.0) < 0.5  # the board file's
 
 
 def test_mpremote_works_unchanged(pico: Pico) -> None:

@@ -4,6 +4,7 @@ the real emulator). The firmware-level tier is test_rp2040.py."""
 
 from __future__ import annotations
 
+import ast
 import json
 import struct
 from collections.abc import Iterator
@@ -101,6 +102,39 @@ def test_the_mirror_writes_what_the_flash_chip_applied(tmp_path: Path) -> None:
     assert bytes(mcu.flash[0x9FF00:0x9FF08]) == b"firmware" and len(data) == FS_SIZE
 
 
+def test_worn_flash_takes_no_write_in_the_filesystem(tmp_path: Path) -> None:
+    # `sim fault --flash enospc` on the chip: the flash model's commands complete (write
+    # enable cleared) but the filesystem's cells keep what they held; code flash is not worn.
+    from rp2040py.rp2040 import RP2040
+
+    mcu = RP2040()
+    image = tmp_path / "flash.lfs"
+    image.write_bytes(b"\xff" * FS_SIZE)
+    fd = __import__("os").open(image, __import__("os").O_RDWR)
+    worn = [False]
+    mirror_flash_writes(mcu.ssi, mcu.flash, fd, lambda: worn[0])
+    ssi = mcu.ssi
+
+    def command(data: bytes) -> None:
+        ssi._write_enabled = True
+        ssi._tx_buffer = bytearray(data)
+        ssi._apply_command()
+        assert not ssi._write_enabled  # the chip is ready for the next command either way
+
+    command(bytes([0x02, 0x0A, 0x00, 0x10]) + b"kept")
+    worn[0] = True
+    command(bytes([0x02, 0x0A, 0x00, 0x20]) + b"lost")
+    command(bytes([0x20, 0x0A, 0x00, 0x00]))  # erase: nothing either
+    command(bytes([0x02, 0x09, 0xFF, 0x00]) + b"code")  # below the filesystem: written
+    assert bytes(mcu.flash[FS_START + 0x10 : FS_START + 0x14]) == b"kept"
+    assert bytes(mcu.flash[FS_START + 0x20 : FS_START + 0x24]) == b"\xff" * 4
+    assert image.read_bytes()[0x10:0x24] == b"kept" + b"\xff" * 16
+    assert bytes(mcu.flash[0x9FF00:0x9FF04]) == b"code"
+    worn[0] = False  # cleared: the flash takes writes again
+    command(bytes([0x02, 0x0A, 0x00, 0x20]) + b"back")
+    assert image.read_bytes()[0x20:0x24] == b"back"
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("IOCONNECT_HOME", str(tmp_path))
@@ -193,8 +227,32 @@ def test_detached_board_lifecycle_and_power_cut(
     code, _, err = run_cli(capsys, "sim", "reset", "rp-dev", "--download")
     assert code != 0
 
-    code, _, err = run_cli(capsys, "sim", "fault", "rp-dev", "--wifi", "down")
-    assert code != 0 and "only --power-cut is modelled" in err
+    # The on-chip temperature sensor (ADC 4): the board's 27 C, 0 V while failed.
+    code, _, _ = run_cli(capsys, "sim", "fault", "rp-dev", "--sensor", "temperature=fail")
+    assert code == 0
+    assert _adc4(started["port"]) == 0
+    code, _, _ = run_cli(capsys, "sim", "fault", "rp-dev", "--sensor", "temperature=ok")
+    assert code == 0
+    assert _adc4(started["port"]) == _ADC4_27C
+
+    # Worn flash: littlefs finds no block that takes a write, the files stay.
+    code, _, _ = run_cli(capsys, "sim", "fault", "rp-dev", "--flash", "enospc")
+    assert code == 0
+    assert _append(started["port"], "note.txt", "+1") == [28, "kept"]  # ENOSPC
+    code, _, _ = run_cli(capsys, "sim", "fault", "rp-dev", "--flash", "ok")
+    assert code == 0
+    assert _append(started["port"], "note.txt", "+1") == ["ok", "kept+1"]
+
+    for fault, says in [
+        (["--wifi", "down"], "a Pico (not W) has no radio"),
+        (["--flash", "eio"], "cannot report EIO"),
+        (["--sensor", "climate=fail"], "no I2C device is wired to the chip"),
+    ]:
+        code, _, err = run_cli(capsys, "sim", "fault", "rp-dev", *fault)
+        assert code != 0 and says in err and len(err.strip().splitlines()) <= 2
+    # A sensor failed when the board stops is healthy after a fresh start.
+    code, _, _ = run_cli(capsys, "sim", "fault", "rp-dev", "--sensor", "temperature")
+    assert code == 0
 
     code, out, _ = run_cli(capsys, "sim", "stop", "rp-dev")
     assert code == 0 and "stopped rp-dev" in out
@@ -208,7 +266,43 @@ def test_detached_board_lifecycle_and_power_cut(
     assert code == 0
     with SerialTransport(json.loads(out)["port"], byte_timeout_s=120) as t:
         t.enter_raw_repl(timeout_s=300)
-        assert t.eval("open('note.txt').read()", timeout_s=300) == "kept"
+        assert t.eval("open('note.txt').read()", timeout_s=300) == "kept+1"
+    assert _adc4(json.loads(out)["port"]) == _ADC4_27C
+
+
+# read_u16 of the sensor at 27 C (0.706 V): the 12-bit 876 scaled to 16 bits as mp does.
+_ADC4_27C = 876 << 4 | 876 >> 8
+
+
+def _adc4(port: str) -> int:
+    with SerialTransport(port, byte_timeout_s=120) as t:
+        t.enter_raw_repl(timeout_s=300)
+        value = t.eval("__import__('machine').ADC(4).read_u16()", timeout_s=300)
+    assert isinstance(value, int)
+    return value
+
+
+_APPEND = """
+def _w(name, text):
+    try:
+        with open(name, 'a') as f:
+            f.write(text)
+        r = 'ok'
+    except OSError as e:
+        r = e.errno
+    print(repr([r, open(name).read()]))
+_w(%r, %r)
+"""
+
+
+def _append(port: str, name: str, text: str) -> list[object]:
+    """Append ``text`` to file ``name`` on the board: ['ok' or the errno, what it holds]."""
+    with SerialTransport(port, byte_timeout_s=300) as t:
+        t.enter_raw_repl(timeout_s=300)
+        out = t.exec(_APPEND % (name, text), timeout_s=900)  # worn flash: every block tried
+    result = ast.literal_eval(out.decode().strip())
+    assert isinstance(result, list)
+    return result
 
 
 def _unlocked(state: Path) -> bool:
